@@ -1,0 +1,163 @@
+"""Test-set evaluation: separate whole tracks, score them with museval, write results.
+
+``msslab-eval ckpt=PATH`` scores a checkpoint; ``msslab-eval model=oracle_irm``
+scores the ideal ratio mask (no checkpoint). Both write ``museval/<track>.json``
+and ``results.json`` into the run directory and print the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .metric import bsseval
+from .results import results_table, write_results
+
+log = logging.getLogger(__name__)
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@torch.no_grad()
+def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_frames: int,
+                     targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Separate a long mixture ``(C, T)`` in overlapping chunks -> ``(S, C, T)``.
+
+    Neighbouring chunks overlap by ``overlap_frames`` and are cross-faded linearly,
+    so memory is bounded by the chunk size whatever the length. ``targets``
+    ``(S, C, T)`` is passed chunk by chunk to models that need it (the oracle).
+    """
+    length = mixture.shape[-1]
+    if length <= chunk_frames:
+        return system(mixture[None], None if targets is None else targets[None])[0]
+    overlap = min(overlap_frames, chunk_frames // 2)
+    step = chunk_frames - overlap
+    out, weight = None, torch.zeros(length, dtype=mixture.dtype)
+    for start in range(0, length, step):
+        stop = min(start + chunk_frames, length)
+        chunk_targets = None if targets is None else targets[None, ..., start:stop]
+        estimate = system(mixture[None, :, start:stop], chunk_targets)[0]
+        if out is None:
+            out = torch.zeros(estimate.shape[:-1] + (length,), dtype=estimate.dtype)
+        fade = torch.ones(stop - start, dtype=mixture.dtype)
+        ramp = torch.linspace(0, 1, overlap + 2, dtype=mixture.dtype)[1:-1]
+        if start > 0:
+            fade[:overlap] = ramp[: stop - start]
+        if stop < length:
+            fade[-overlap:] = ramp.flip(0)
+        out[..., start:stop] += estimate * fade
+        weight[start:stop] += fade
+        if stop == length:
+            break
+    return out / weight
+
+
+def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None) -> dict:
+    """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example"}``.
+
+    Separation runs in this process; museval (the slow part) runs in ``metric_cfg.n_jobs``
+    worker processes while the next tracks are separated.
+    """
+    start_time = time.perf_counter()
+    system.eval()
+    tracks = datamodule.test_tracks
+    nb = len(tracks) if nb_tracks is None else min(nb_tracks, len(tracks))
+    sr = datamodule.sample_rate
+    chunk, overlap = int(separation_cfg.chunk_seconds * sr), int(separation_cfg.overlap_seconds * sr)
+    n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
+    kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
+    museval_dir = Path(run_dir) / "museval"
+    track_medians, example = {}, None
+
+    def collect(result):
+        bsseval.write_track_json(result, museval_dir)
+        track_medians[result["name"]] = result["medians"]
+
+    pool = ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) if n_jobs > 1 else None
+    pending = []
+    try:
+        for i in tqdm(range(nb), desc="separating + museval", unit="track"):
+            name, mixture, targets = datamodule.test_track(i)
+            true = targets if system.needs_targets else None
+            estimates = separate_chunked(system, mixture.to(system.device), chunk, overlap,
+                                         None if true is None else true.to(system.device)).cpu()
+            if example is None:
+                example = {"name": name, "sample_rate": sr, "mixture": mixture.numpy(),
+                           "estimates": {t: e.numpy() for t, e in zip(system.targets, estimates)}}
+            refs, ests = targets.permute(0, 2, 1).numpy(), estimates.permute(0, 2, 1).numpy()
+            if pool is None:
+                collect(bsseval.score_track(name, system.targets, refs, ests, **kwargs))
+                continue
+            pending.append(pool.submit(bsseval.score_track, name, system.targets, refs, ests, **kwargs))
+            while len(pending) >= 2 * n_jobs:  # bound the memory held by queued tracks
+                collect(pending.pop(0).result())
+        for future in pending:
+            collect(future.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return {"sources": bsseval.aggregate(track_medians), "tracks": track_medians,
+            "eval_seconds": time.perf_counter() - start_time, "example": example}
+
+
+def print_table(sources: dict, title: str) -> str:
+    text = f"{title}\n{results_table(sources).round(2).to_string()}"
+    print(text, flush=True)
+    return text
+
+
+def run_choices() -> dict:
+    """The config choices of this run (``model``, ``data``, ... and the augmentation list)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = dict(HydraConfig.get().runtime.choices)
+    picked = {k: v for k, v in choices.items() if not k.startswith("hydra") and "/" not in k}
+    return picked
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt`` (or a model needing no training) on ``cfg.data``'s test set."""
+    from hydra.utils import instantiate
+
+    from .system import build_system, covers_mixture, load_checkpoint
+
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.ckpt:
+        system = load_checkpoint(cfg.ckpt)
+        trained = OmegaConf.create(system.config)
+        with OmegaConf.open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
+            cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
+    datamodule = instantiate(cfg.data, augmentation=None)
+    datamodule.setup("test")
+    if not cfg.ckpt:
+        residual = not covers_mixture(datamodule.sources, datamodule.groups)
+        system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
+        if not system.needs_targets:
+            raise ValueError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
+                             "give ckpt=<path to a .ckpt written by msslab-train>")
+    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    choices = run_choices()
+    write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
+                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
+                  eval_seconds=results["eval_seconds"])
+    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
+    return results
+
+
+@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

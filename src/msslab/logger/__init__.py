@@ -1,0 +1,66 @@
+"""Experiment loggers (config group ``logger``): W&B offline by default, CSV, TensorBoard, none."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def build_loggers(cfg, choices: dict) -> list[Logger]:
+    """Instantiate every logger of the ``logger`` node; W&B runs get a tag per config choice."""
+    tags = [f"{group}={value}" for group, value in choices.items() if value not in (None, "", [])]
+    loggers = []
+    for name, node in (cfg or {}).items():
+        kwargs = {"tags": tags} if str(node.get("_target_", "")).endswith("WandbLogger") else {}
+        loggers.append(instantiate(node, **kwargs))
+    return loggers
+
+
+def log_test_results(loggers: list[Logger], results: dict, example: dict | None = None) -> None:
+    """Log the museval medians to every logger, plus a table, audio and a spectrogram to W&B.
+
+    ``example``: ``{"name", "sample_rate", "mixture" (C, T), "estimates" {target: (C, T)}}``.
+    """
+    flat = {f"test/{target}/{metric}": value for target, scores in results["sources"].items()
+            for metric, value in scores.items() if np.isfinite(value)}
+    for logger in loggers:
+        logger.log_metrics(flat)
+        if isinstance(logger, WandbLogger):
+            _log_wandb_media(logger, results, example)
+
+
+def _log_wandb_media(logger: WandbLogger, results: dict, example: dict | None) -> None:
+    import wandb
+
+    rows = [[t] + [s.get(m) for m in ("SDR", "SIR", "SAR", "ISR")] for t, s in results["sources"].items()]
+    logger.log_table("test/museval", columns=["target", "SDR", "SIR", "SAR", "ISR"], data=rows)
+    for target, scores in results["sources"].items():
+        logger.experiment.summary.update({f"test/{target}/{m}": v for m, v in scores.items()})
+    if example is None:
+        return
+    sr, seconds = example["sample_rate"], 10
+    clips = {"mixture": example["mixture"], **example["estimates"]}
+    audio = {f"audio/{name}": wandb.Audio(clip[:, : seconds * sr].mean(0), sample_rate=sr, caption=f"{example['name']}: {name}")
+             for name, clip in clips.items()}
+    logger.experiment.log({**audio, "spectrograms": wandb.Image(spectrogram_figure(clips, sr, seconds, example["name"]))})
+
+
+def spectrogram_figure(clips: dict[str, np.ndarray], sample_rate: int, seconds: float, title: str):
+    """One log-magnitude spectrogram panel per clip (first ``seconds`` of each, mono sum)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(clips), 1, figsize=(8, 1.8 * len(clips)), sharex=True, constrained_layout=True)
+    for ax, (name, clip) in zip(np.atleast_1d(axes), clips.items()):
+        ax.specgram(clip[:, : int(seconds * sample_rate)].mean(0), NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma", vmin=-120)
+        ax.set_ylabel(f"{name}\nHz")
+    np.atleast_1d(axes)[-1].set_xlabel("time (s)")
+    fig.suptitle(title)
+    return fig

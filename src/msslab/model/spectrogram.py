@@ -1,0 +1,46 @@
+"""STFT front end: waveform <-> complex spectrogram, magnitude and a frequency cut-off."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window}
+
+
+class Spectrogram(nn.Module):
+    """Complex STFT and its inverse (with the phase it is given, usually the mixture's).
+
+    Args:
+        n_fft: FFT size in samples; ``n_fft // 2 + 1`` frequency bins.
+        hop_length: hop between frames in samples.
+        window: one of ``hann``, ``hamming``, ``blackman``.
+        sample_rate: Hz, only used to turn ``max_freq`` into a bin.
+        max_freq: bins above this frequency (Hz) are not fed to the network (None: all).
+    """
+
+    def __init__(self, n_fft: int = 1024, hop_length: int = 256, window: str = "hann", sample_rate: int = 16000,
+                 max_freq: float | None = None):
+        super().__init__()
+        if window not in WINDOWS:
+            raise ValueError(f"stft.window: unknown window {window!r}; choose one of {sorted(WINDOWS)}")
+        if hop_length > n_fft:
+            raise ValueError(f"stft.hop_length ({hop_length}) must not exceed stft.n_fft ({n_fft})")
+        self.n_fft, self.hop_length, self.sample_rate = n_fft, hop_length, sample_rate
+        self.nb_bins = n_fft // 2 + 1
+        nyquist = sample_rate / 2
+        if max_freq is not None and not 0 < max_freq <= nyquist:
+            raise ValueError(f"stft.max_freq must be in (0, {nyquist}] Hz for sample_rate {sample_rate}, got {max_freq}")
+        self.max_bin = self.nb_bins if max_freq is None else int(round(max_freq / nyquist * (self.nb_bins - 1))) + 1
+        window_fn = WINDOWS[window]
+        self.forward_stft = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length, window_fn=window_fn, power=None)
+        self.inverse_stft = torchaudio.transforms.InverseSpectrogram(n_fft=n_fft, hop_length=hop_length, window_fn=window_fn)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(..., samples)`` real -> ``(..., nb_bins, frames)`` complex."""
+        return self.forward_stft(wave)
+
+    def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """``(..., nb_bins, frames)`` complex -> ``(..., length)`` real."""
+        return self.inverse_stft(spec, length=length)

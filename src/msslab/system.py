@@ -1,0 +1,162 @@
+"""The LightningModule: STFT -> separator -> masks -> estimates -> loss, for any separator."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+from .metric.sdr import FAST_METRICS
+from .model.spectrogram import Spectrogram
+
+
+class SeparationSystem(pl.LightningModule):
+    """Trains and runs a mask-based separator.
+
+    Args:
+        model: maps mixture magnitudes ``(B, C, F, T)`` to masks ``(B, S, C, F, T)``;
+            a model with ``needs_targets = True`` (the oracle) gets the true sources too.
+        spectrogram: the STFT front end.
+        targets: target names, in the order of the model's masks.
+        loss: a ``msslab.loss`` module (its ``domain`` says what it compares).
+        optimizer, scheduler: partial constructors (Hydra ``_partial_: true``); the
+            scheduler steps on ``val/loss`` when it is a ReduceLROnPlateau.
+        val_metric: ``sdr`` or ``si_sdr``, logged per target each validation epoch.
+        wiener_iterations: multichannel Wiener filter iterations at inference (0: plain masking).
+        residual: the targets do not cover the mixture (used by the Wiener post-process).
+        config: the resolved run config, stored in checkpoints so they rebuild themselves.
+    """
+
+    def __init__(self, model: nn.Module, spectrogram: Spectrogram, targets: list[str], loss: nn.Module | None = None,
+                 optimizer=None, scheduler=None, val_metric: str = "sdr", wiener_iterations: int = 0,
+                 residual: bool = False, config: dict | None = None):
+        super().__init__()
+        if val_metric not in FAST_METRICS:
+            raise ValueError(f"metric.validation: unknown metric {val_metric!r}; choose one of {sorted(FAST_METRICS)}")
+        self.model, self.spectrogram, self.targets, self.loss = model, spectrogram, list(targets), loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_metric, self.wiener_iterations, self.residual = val_metric, wiener_iterations, residual
+        self.config = config
+        self._val_scores: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    @property
+    def needs_targets(self) -> bool:
+        return getattr(self.model, "needs_targets", False)
+
+    def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None) -> torch.Tensor:
+        if self.needs_targets:
+            if target_specs is None:
+                raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
+            return self.model(mixture_spec, target_specs)
+        return self.model(mixture_spec.abs())
+
+    def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase)."""
+        mixture_spec = self.spectrogram(mixture)
+        target_specs = self.spectrogram(targets) if targets is not None else None
+        estimate_specs = self.masks(mixture_spec, target_specs) * mixture_spec.unsqueeze(1)
+        if self.wiener_iterations > 0:
+            estimate_specs = self._wiener(estimate_specs, mixture_spec)
+        return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
+
+    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor) -> torch.Tensor:
+        """Multichannel Wiener filtering (norbert) of the masked estimates, item by item."""
+        import norbert
+
+        out = []
+        for est, mix in zip(estimate_specs, mixture_spec):
+            v = est.abs().permute(3, 2, 1, 0).cpu().numpy().astype(np.float64)  # (frames, bins, channels, sources)
+            x = mix.permute(2, 1, 0).cpu().numpy().astype(np.complex128)  # (frames, bins, channels)
+            if self.residual:
+                v = norbert.residual_model(v, x)
+            y = norbert.wiener(v, x, iterations=self.wiener_iterations)[..., : est.shape[0]]
+            out.append(torch.from_numpy(y).permute(3, 2, 1, 0).to(est))
+        return torch.stack(out)
+
+    def _step(self, batch):
+        mixture, targets = batch
+        mixture_spec = self.spectrogram(mixture)
+        masks = self.masks(mixture_spec)
+        if self.loss.domain == "spectrogram":
+            return self.loss(masks * mixture_spec.abs().unsqueeze(1), self.spectrogram(targets).abs()), None
+        estimates = self.spectrogram.inverse(masks * mixture_spec.unsqueeze(1), length=mixture.shape[-1])
+        return self.loss(estimates, targets), estimates
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, estimates = self._step(batch)
+        if estimates is None:
+            estimates = self(batch[0])
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0])
+        scores = FAST_METRICS[self.val_metric](estimates, batch[1])  # (B, S)
+        for j, target in enumerate(self.targets):
+            self._val_scores[target].append(scores[:, j].detach().cpu())
+
+    def on_validation_epoch_end(self):
+        if not self._val_scores:
+            return
+        medians = {t: torch.cat(v).nanmedian() for t, v in self._val_scores.items()}
+        for target, value in medians.items():
+            self.log(f"val/{self.val_metric}/{target}", value)
+        # The mean over targets is what checkpoints, early stopping and sweeps optimise.
+        self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True)
+        self._val_scores.clear()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["msslab_config"] = self.config
+
+
+def covers_mixture(sources: list[str], groups: dict[str, list[str]]) -> bool:
+    """Whether the targets sum to the whole mixture (else models add a residual class)."""
+    return sorted(s for members in groups.values() for s in members) == sorted(sources)
+
+
+def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> SeparationSystem:
+    """Build the LightningModule from a composed config (``stft``, ``model``, ``loss``, ...)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    spectrogram = instantiate(cfg.stft)
+    model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=nb_channels,
+                        nb_targets=len(targets), residual=residual)
+    return SeparationSystem(
+        model, spectrogram, targets, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        val_metric=cfg.metric.validation, wiener_iterations=cfg.separation.wiener_iterations, residual=residual,
+        config=OmegaConf.to_container(cfg, resolve=True) | {"targets": targets, "nb_channels": nb_channels, "residual": residual})
+
+
+def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
+    """Rebuild a trained system from a checkpoint written by ``msslab-train``."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+    config = checkpoint.get("msslab_config") if isinstance(checkpoint, dict) else None
+    if not config or "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {path} was not written by msslab-train (no msslab_config / state_dict)")
+    cfg = OmegaConf.create(config)
+    system = build_system(cfg, config["targets"], config["nb_channels"], config["residual"])
+    system.load_state_dict(checkpoint["state_dict"])
+    return system.eval()

@@ -1,0 +1,124 @@
+"""``msslab-train``: train a separator, evaluate its best checkpoint, write ``results.json``.
+
+A Hydra app: ``msslab-train model=gru 'augmentation=[pitch_shift,reverb]' trainer.max_epochs=20``.
+Returns the best validation score, so Hydra sweepers (Optuna) can maximise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
+from .logger import build_loggers, log_test_results
+from .results import write_results
+from .system import build_system, covers_mixture
+
+log = logging.getLogger(__name__)
+
+
+def _choices(cfg: DictConfig) -> dict:
+    """Config choices for results and tags; the augmentation list is read off the merged node."""
+    choices = run_choices()
+    choices.pop("experiment", None) if choices.get("experiment") is None else None
+    choices["augmentation"] = list(cfg.get("augmentation") or {})
+    return choices
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, log and write results; returns the results dict."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    choices = _choices(cfg)
+
+    datamodule = instantiate(cfg.data, augmentation=cfg.get("augmentation"))
+    datamodule.setup("fit")
+    residual = not covers_mixture(datamodule.sources, datamodule.groups)
+    system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
+    if getattr(system.model, "needs_targets", False):
+        raise ValueError("model=oracle_irm is not trained: evaluate it with `msslab-eval model=oracle_irm`")
+    # Input normalisation from clean training mixtures (magnitude statistics per bin).
+    examples = datamodule.clean_train_examples(64)
+    system.model.set_input_stats(system.spectrogram(examples).abs())
+
+    loggers = build_loggers(cfg.get("logger"), choices)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    trainer.fit(system, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if best_path:
+        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=False)["state_dict"])
+    best_score = checkpoint.best_model_score if checkpoint is not None else None
+    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
+                  sources=results["sources"], tracks=results["tracks"], train_seconds=train_seconds,
+                  eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
+                  best_checkpoint=best_path or None,
+                  best_val=float(best_score) if best_score is not None else None,
+                  val_metric=f"val/{cfg.metric.validation}",
+                  nb_parameters=sum(p.numel() for p in system.model.parameters()))
+    write_results(run_dir, **record)
+    log_test_results(loggers, results, results["example"])
+    for logger in loggers:
+        logger.finalize("success")
+    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks "
+                                    f"(trained {train_seconds:.0f} s, evaluated {results['eval_seconds']:.0f} s), run {run_dir}")
+    return record
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run(cfg: DictConfig) -> float:
+    """Train and record the outcome; a crash is written to results.json as ``failed``.
+
+    In a sweep a failed run returns NaN (the sweep goes on); a single run re-raises.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    start = time.perf_counter()
+    try:
+        record = train(cfg)
+    except Exception as exc:
+        log.error("run failed: %s", exc)
+        write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
+                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                      train_seconds=time.perf_counter() - start)
+        if _multirun():
+            return float("nan")
+        raise
+    return record["best_val"] if record["best_val"] is not None else float("nan")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
