@@ -1,0 +1,278 @@
+"""Runs in, report out: the whole of ``msslab-compare`` as one Python function."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from msslab.report import plots
+from msslab.report.runs import CompareError, load_runs, track_scores
+from msslab.report.stats import TESTS, compare_to_baseline, ordered, select_baseline, summarize
+from msslab.report.write import claim, fmt, md_table, record
+
+log = logging.getLogger(__name__)
+
+MARKDOWN = "comparison.md"
+CSV = "comparison.csv"
+RUNS_CSV = "comparison_runs.csv"
+TESTS_CSV = "comparison_tests.csv"
+PAPER_TABLE = "paper_table.md"
+PAPER_FIGURES = {  # metric -> (file, title), as numbered in the paper
+    "SDR": ("paper_fig2_sdr.png", "Fig. 2: SDR per source"),
+    "SIR": ("paper_fig3_sir.png", "Fig. 3: SIR per source"),
+}
+
+
+def bars_png(metric: str) -> str:
+    return f"comparison_{metric}_bars.png"
+
+
+def boxes_png(metric: str) -> str:
+    return f"comparison_{metric}_boxes.png"
+
+
+@dataclass
+class Report:
+    """What :func:`compare_runs` computed and wrote (frames as described in :mod:`msslab.report.stats`)."""
+
+    runs: pd.DataFrame  # one row per run
+    scores: pd.DataFrame  # per-track scores of completed runs (long)
+    summary: pd.DataFrame  # one row per variant (= comparison.csv)
+    tests: pd.DataFrame  # paired tests against the baseline (= comparison_tests.csv)
+    baseline: str | None
+    output: Path
+    files: dict[str, Path] = field(default_factory=dict)  # role -> written file
+
+
+def compare_runs(
+    dirs: str | Path | Sequence[str | Path],
+    output: str | Path | None = None,
+    baseline: str | Sequence[str] | None = None,
+    metrics: Sequence[str] = ("SDR", "SIR", "SAR", "ISR"),
+    plot_metrics: Sequence[str] = ("SDR", "SIR"),
+    test: str = "wilcoxon",
+    alpha: float = 0.05,
+    correction: str = "none",
+    paper_figures: bool = False,
+    paper_sources: Sequence[str] = ("vocals", "accompaniment"),
+    pool_over: Sequence[str] = ("seed",),
+    progress: bool | None = None,
+) -> Report:
+    """Read the runs under ``dirs`` and write the comparison report into ``output``.
+
+    ``dirs``: sweep or run directories (searched recursively for results.json).
+    ``output``: report directory (default: the first of ``dirs``); files there
+    are overwritten only if compare wrote them. ``baseline``: variant name or
+    overrides selecting one variant (default: the first variant that
+    completed). ``metrics``: columns of the tables; ``plot_metrics``: metrics
+    that get bar charts and box plots. ``test``: ``wilcoxon`` or ``bootstrap``,
+    at level ``alpha``; ``correction``: ``none`` or ``holm`` (wilcoxon only).
+    ``paper_figures``: also draw the paper's Fig. 2 (SDR) and Fig. 3 (SIR) for
+    ``paper_sources`` as Source 1, Source 2, ... plus ``paper_table.md``.
+    ``pool_over``: keys whose values are replicates of one variant (seeds).
+    Returns the :class:`Report`; raises :class:`CompareError` on bad input.
+    """
+    if test not in TESTS:
+        raise CompareError(f"unknown test={test!r}: choose one of {', '.join(TESTS)}")
+    if not 0 < alpha < 1:
+        raise CompareError(f"alpha must be between 0 and 1, got {alpha}")
+    if correction == "holm" and test != "wilcoxon":
+        raise CompareError("correction=holm adjusts p-values, so it needs test=wilcoxon")
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    metrics, plot_metrics, paper_sources = list(metrics), list(plot_metrics), list(paper_sources)
+
+    runs = load_runs(dirs, pool_over=pool_over, progress=progress)
+    wanted = ordered(metrics + plot_metrics + (["SDR", "SIR"] if paper_figures else []))
+    scores = track_scores(runs, wanted)
+    done = runs["status"] == "completed"
+    log.info("%d runs in %d variants: %d completed", len(runs), runs["variant"].nunique(), int(done.sum()))
+    for row in runs[~done].itertuples():
+        log.warning("run %s (%s) %s: %s", row.run, row.variant, row.status, row.error or "no error message")
+    if done.any():
+        available = ordered(m for r in runs[done].itertuples() for t in (r.tracks or {"*": r.sources}).values()
+                            for s in t.values() for m in s)
+        missing = [m for m in wanted if m not in available]
+        if missing:
+            raise CompareError(f"metric(s) {', '.join(missing)} not in any results; available: {', '.join(available)}")
+    sources = ordered(scores["source"])
+    if paper_figures and len(scores):
+        absent = [s for s in paper_sources if s not in sources]
+        if absent:
+            raise CompareError(
+                f"paper_sources {absent} not in the results; available sources: {', '.join(sources)} "
+                f"(choose with paper_sources=[...])"
+            )
+
+    summary = summarize(runs, scores, wanted)
+    base = select_baseline(runs, baseline) if len(runs) else None
+    tests = compare_to_baseline(scores, base, metrics, method=test, alpha=alpha, correction=correction)
+
+    out = Path(output) if output is not None else Path(dirs[0])
+    if out.is_file():
+        out = out.parent  # dirs[0] was a results.json
+    names = {"markdown": MARKDOWN, "csv": CSV, "runs_csv": RUNS_CSV, "tests_csv": TESTS_CSV}
+    if len(scores):
+        for metric in plot_metrics:
+            names[f"bars_{metric}"] = bars_png(metric)
+            names[f"boxes_{metric}"] = boxes_png(metric)
+    if paper_figures and len(scores):
+        names |= {f"paper_{m}": png for m, (png, _) in PAPER_FIGURES.items()} | {"paper_table": PAPER_TABLE}
+    claim(out, names.values())
+    report = Report(runs, scores, summary, tests, base, out)
+    files = {role: out / name for role, name in names.items()}
+
+    summary.to_csv(files["csv"], index=False)
+    runs_table = runs.drop(columns=["path", "settings", "sources", "tracks"])
+    runs_table.to_csv(files["runs_csv"], index=False)
+    tests.to_csv(files["tests_csv"], index=False)
+    variants = list(summary["variant"])
+    for metric in plot_metrics if len(scores) else []:
+        plots.bar_chart(summary, sources, metric, files[f"bars_{metric}"])
+        plots.box_plots(scores, variants, metric, files[f"boxes_{metric}"])
+    paper_md = ""
+    if paper_figures and len(scores):
+        for metric, (_, title) in PAPER_FIGURES.items():
+            plots.paper_figure(summary, paper_sources, metric, title, files[f"paper_{metric}"])
+        paper_md = paper_table(summary, paper_sources)
+        files["paper_table"].write_text("<!-- written by msslab-compare; regenerate freely -->\n" + paper_md + "\n")
+    files["markdown"].write_text(markdown(report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md))
+    record(out, names.values())
+    report.files = files
+    return report
+
+
+# ---------------------------------------------------------------------------
+# markdown
+
+
+def paper_table(summary: pd.DataFrame, sources: Sequence[str]) -> str:
+    """Median SDR and SIR (dB) per source, numbered as in the paper (Source 1, Source 2, ...)."""
+    done = summary[summary["completed"] > 0]
+    several = len(done) > 1
+    header = (["variant"] if several else []) + ["source", "SDR (dB)", "SIR (dB)"]
+    rows = []
+    for row in done.to_dict("records"):
+        for i, source in enumerate(sources):
+            cells = [f"Source {i + 1} ({source})", fmt(row[f"{source}_SDR_median"]), fmt(row[f"{source}_SIR_median"])]
+            rows.append(([row["variant"]] if several else []) + cells)
+    return md_table(header, rows)
+
+
+def _score_cell(row: dict, source: str, metric: str) -> str:
+    prefix = f"{source}_{metric}_"
+    if not row.get(prefix + "n"):
+        return "n/a"
+    text = f"**{fmt(row[prefix + 'median'])}** [{fmt(row[prefix + 'q25'])}, {fmt(row[prefix + 'q75'])}]"
+    if row[prefix + "seed_std"] == row[prefix + "seed_std"]:  # not NaN: two seeds or more
+        text += f" ±{fmt(row[prefix + 'seed_std'])}"
+    return text
+
+
+def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md="") -> str:
+    """The text of comparison.md."""
+    runs, summary, tests = report.runs, report.summary, report.tests
+    sources = ordered(report.scores["source"])
+    n_done = int((runs["status"] == "completed").sum())
+    out = report.output
+    lines = [
+        "<!-- written by msslab-compare; regenerate freely -->",
+        "# Run comparison",
+        "",
+        f"{len(runs)} runs in {len(summary)} variants ({n_done} completed, {len(runs) - n_done} not) "
+        f"from {', '.join(f'`{d}`' for d in dirs)}.",
+        "",
+        "Scores in dB (BSSEval v4): median over 1 s frames per track, then over tracks and seeds. "
+        "Cells: **median** [25th, 75th percentile over tracks x seeds] ± standard deviation of the "
+        "per-seed medians (two seeds or more). Higher is better.",
+        "",
+        "## Variants",
+        "",
+        md_table(
+            ["variant", "status", "runs", "completed", "failed", "seeds", "train s (median)"],
+            [
+                [f"`{r['variant']}`", r["status"], r["runs"], r["completed"], r["failed"], r["seeds"] or "-",
+                 fmt(r["train_seconds"], 0)]
+                for r in summary.to_dict("records")
+            ],
+        ),
+    ]
+    for metric in metrics:
+        lines += ["", f"## {metric} (dB)", ""]
+        lines.append(
+            md_table(
+                ["variant"] + sources,
+                [[f"`{r['variant']}`"] + [_score_cell(r, s, metric) for s in sources] for r in summary.to_dict("records")],
+            )
+            if sources
+            else "No completed runs."
+        )
+
+    lines += ["", "## Against the baseline", ""]
+    if report.baseline is None or not len(tests):
+        lines.append(
+            f"Baseline `{report.baseline}`: nothing to compare (one variant only, or no completed runs on one side)."
+        )
+    else:
+        if test == "wilcoxon":
+            how = (
+                f"Wilcoxon signed-rank test (two-sided) on the paired differences; significant when p < {alpha}"
+                + (" after Holm-Bonferroni correction over all rows." if correction == "holm" else ".")
+            )
+        else:
+            how = (
+                f"bootstrap {100 * (1 - alpha):g}% confidence interval (percentile, pairs resampled) of the median "
+                "paired difference; significant when it excludes 0."
+            )
+        lines += [
+            f"Baseline: `{report.baseline}`. Each variant is paired with the baseline on the same track and seed "
+            "(on the same track, averaged over seeds, when the two share no seed). "
+            f"Δ = median of the paired differences (variant − baseline), dB; positive = better. Test: {how} "
+            "\"not significant\" means the difference is within what tracks and seeds vary by: treat it as noise.",
+            "",
+        ]
+        stat_header = "p" if test == "wilcoxon" else f"{100 * (1 - alpha):g}% CI of Δ"
+        rows = []
+        for t in tests.to_dict("records"):
+            if test == "wilcoxon":
+                stat = f"{t['p_value']:.3g}" if t["p_value"] == t["p_value"] else "n/a"
+                if correction == "holm" and t["p_holm"] == t["p_holm"]:
+                    stat += f" (Holm {t['p_holm']:.3g})"
+            else:
+                stat = f"[{fmt(t['ci_low'], signed=True)}, {fmt(t['ci_high'], signed=True)}]"
+            verdict = t["verdict"]
+            if t["significant"]:
+                verdict = f"**significant**, {'better' if t['median_diff'] > 0 else 'worse'}"
+            rows.append([f"`{t['variant']}`", t["source"], t["metric"], fmt(t["median_diff"], signed=True),
+                         t["n"], stat, verdict])
+        lines.append(md_table(["variant", "source", "metric", "Δ dB", "pairs", stat_header, "verdict"], rows))
+        if test == "wilcoxon" and (tests["n"] < 6).any():
+            lines += ["", "With fewer than 6 pairs the signed-rank test cannot reach p < 0.05: add tracks or seeds."]
+
+    bad = runs[runs["status"] != "completed"]
+    lines += ["", "## Failed runs", ""]
+    lines.append(
+        md_table(
+            ["run", "variant", "seed", "status", "error"],
+            [[f"`{r.run}`", f"`{r.variant}`", r.seed or "-", r.status, r.error or "-"] for r in bad.itertuples()],
+        )
+        if len(bad)
+        else "None."
+    )
+
+    if paper_md:
+        lines += ["", "## Paper figures (Fig. 2: SDR, Fig. 3: SIR)", "", paper_md, ""]
+        lines += [f"![{m}]({files[f'paper_{m}'].relative_to(out).as_posix()})" for m in PAPER_FIGURES]
+    figures = [role for role in files if role.startswith(("bars_", "boxes_"))]
+    if figures:
+        lines += ["", "## Figures", ""]
+        for metric in plot_metrics:
+            lines += [
+                f"![{metric} per source and variant]({files[f'bars_{metric}'].name})",
+                f"![{metric} per track]({files[f'boxes_{metric}'].name})",
+            ]
+    lines += ["", f"Tables: `{CSV}` (one row per variant), `{RUNS_CSV}` (one row per run), `{TESTS_CSV}` (tests).", ""]
+    return "\n".join(lines)
