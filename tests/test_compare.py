@@ -1,0 +1,291 @@
+"""msslab-compare on constructed sweeps: tables, failed runs, figures, paired tests, bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from msslab.compare import CONFIG_DIR, hydra_argv, run
+from msslab.report import CompareError, compare_runs, load_runs, paired_test
+
+TRACKS = [f"track{i:02d}" for i in range(8)]
+SEEDS = [1, 2]
+SOURCES = ["vocals", "accompaniment"]
+METRICS = ["SDR", "SIR", "SAR", "ISR"]
+BASELINE = "augmentation=[]"
+BETTER = "augmentation=[pitch_shift]"  # +3 dB vocals SDR on every track, plus noise
+SAME = "augmentation=[reverb]"  # the baseline's numbers exactly
+DEAD = "augmentation=[time_stretch]"  # every run failed
+AUGMENTATIONS = {BASELINE: [], BETTER: ["pitch_shift"], SAME: ["reverb"], DEAD: ["time_stretch"]}
+
+
+def base_score(track: int, seed: int, source: int, metric: int) -> float:
+    """Baseline per-track median (dB): differs by track, seed, source and metric."""
+    rng = np.random.default_rng([track, seed, source, metric])
+    return round(float(4.0 + 2.0 * source + 3.0 * metric + rng.normal(0, 1.5)), 4)
+
+
+def tracks_for(variant: str, seed: int) -> dict:
+    noise = np.random.default_rng([seed, 99])
+    tracks = {}
+    for t, track in enumerate(TRACKS):
+        tracks[track] = {}
+        for s, source in enumerate(SOURCES):
+            tracks[track][source] = {}
+            for m, metric in enumerate(METRICS):
+                value = base_score(t, seed, s, m)
+                if variant == BETTER and source == "vocals" and metric == "SDR":
+                    value += 3.0 + float(noise.normal(0, 0.3))
+                tracks[track][source][metric] = value
+    return tracks
+
+
+def write_run(job_dir: Path, variant: str, seed: int, failed: bool = False) -> None:
+    job_dir.mkdir(parents=True)
+    augmentation = AUGMENTATIONS[variant]
+    results = {
+        "status": "failed" if failed else "completed",
+        "run_id": f"{job_dir.name}-{seed}",
+        "choices": {"data": "synthetic", "model": "blstm", "augmentation": augmentation, "loss": "mse"},
+        "overrides": [f"augmentation={variant.split('=', 1)[1]}", f"seed={seed}", "trainer=smoke"],
+        "seed": seed,
+        "train_seconds": 10.0 + seed,
+        "eval_seconds": 2.0,
+    }
+    if failed:
+        results["error"] = "RuntimeError: forced failure for the test"
+    else:
+        tracks = tracks_for(variant, seed)
+        results["tracks"] = tracks
+        results["sources"] = {
+            source: {m: float(np.median([tracks[t][source][m] for t in TRACKS])) for m in METRICS}
+            for source in SOURCES
+        }
+    (job_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """multirun/ablation/<job>/results.json: 3 variants x 2 seeds completed, a third seed of
+    SAME forced to fail, and a variant whose only run failed."""
+    root = tmp_path / "multirun" / "ablation"
+    jobs = [(v, s, False) for v in (BASELINE, BETTER, SAME) for s in SEEDS]
+    jobs += [(SAME, 3, True), (DEAD, 1, True)]
+    for number, (variant, seed, failed) in enumerate(jobs):
+        write_run(root / str(number), variant, seed, failed)
+    (root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    return root
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="compare", overrides=hydra_argv(overrides))
+
+
+def is_png(path: Path) -> tuple[int, int]:
+    """(width, height) of a valid PNG, else fail."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert data[12:16] == b"IHDR" and data.rstrip().endswith(b"IEND\xaeB`\x82"), path
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100, path
+    return width, height
+
+
+def test_report_tables_figures_and_failed_runs(sweep: Path):
+    report = run(compose_cfg([str(sweep), "progress=false"]))
+
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert list(table["variant"]) == [BASELINE, BETTER, SAME, DEAD]  # one row per variant, sweep order
+    rows = table.set_index("variant")
+    for variant in (BASELINE, BETTER, SAME):
+        pooled = [tracks_for(variant, s) for s in SEEDS]
+        for source in SOURCES:
+            for metric in METRICS:
+                values = [t[track][source][metric] for t in pooled for track in TRACKS]
+                assert rows.at[variant, f"{source}_{metric}_median"] == pytest.approx(np.median(values))
+                q25, q75 = np.percentile(values, [25, 75])
+                assert rows.at[variant, f"{source}_{metric}_iqr"] == pytest.approx(q75 - q25)
+                per_seed = [np.median([t[track][source][metric] for track in TRACKS]) for t in pooled]
+                assert rows.at[variant, f"{source}_{metric}_seed_std"] == pytest.approx(np.std(per_seed, ddof=1))
+
+    # the forced failure is listed, the rest of its variant still counts
+    assert rows.at[SAME, "status"] == "partial"
+    assert (rows.at[SAME, "completed"], rows.at[SAME, "failed"]) == (2, 1)
+    assert "forced failure" in rows.at[SAME, "failures"]
+    assert rows.at[DEAD, "status"] == "failed" and np.isnan(rows.at[DEAD, "vocals_SDR_median"])
+    per_run = pd.read_csv(sweep / "comparison_runs.csv")
+    assert sorted(per_run["status"]) == ["completed"] * 6 + ["failed"] * 2
+    text = (sweep / "comparison.md").read_text()
+    failed_section = text.split("## Failed runs", 1)[1]
+    assert "forced failure" in failed_section and f"`{DEAD}`" in failed_section and "`6`" in failed_section
+
+    for metric in ("SDR", "SIR"):
+        for kind in ("bars", "boxes"):
+            is_png(sweep / f"comparison_{metric}_{kind}.png")
+    assert report.baseline == BASELINE
+
+
+def test_paired_test_verdicts_in_report(sweep: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    report = run(compose_cfg([f"dirs=[{sweep}]", f"output={out}", "baseline=augmentation=[]", "progress=false"]))
+    tests = pd.read_csv(out / "comparison_tests.csv").set_index(["variant", "source", "metric"])
+
+    better = tests.loc[(BETTER, "vocals", "SDR")]
+    assert better["n"] == len(TRACKS) * len(SEEDS)  # paired on track and seed
+    assert better["verdict"] == "significant" and better["p_value"] < 0.001
+    assert better["median_diff"] == pytest.approx(3.0, abs=0.3)
+    assert tests.loc[(BETTER, "accompaniment", "SDR")]["verdict"] == "not significant"
+    same = tests.loc[SAME]
+    assert (same["verdict"] == "not significant").all() and (same["p_value"] == 1.0).all()
+    assert DEAD not in tests.index.get_level_values("variant")
+
+    text = (out / "comparison.md").read_text()
+    assert f"Baseline: `{BASELINE}`" in text and "**significant**, better" in text
+    assert not (sweep / "comparison.md").exists()
+    assert report.files["markdown"] == out / "comparison.md"
+
+
+def test_bootstrap_verdicts(sweep: Path, tmp_path: Path):
+    out = tmp_path / "boot"
+    run(compose_cfg([str(sweep), f"output={out}", "test=bootstrap", "metrics=[SDR]", "progress=false"]))
+    tests = pd.read_csv(out / "comparison_tests.csv").set_index(["variant", "source", "metric"])
+    better = tests.loc[(BETTER, "vocals", "SDR")]
+    assert better["verdict"] == "significant" and 2.5 < better["ci_low"] < better["ci_high"] < 3.5
+    same = tests.loc[(SAME, "vocals", "SDR")]
+    assert same["verdict"] == "not significant" and same["ci_low"] == same["ci_high"] == 0
+
+
+def test_paired_test_unit():
+    rng = np.random.default_rng(0)
+    b = rng.normal(5, 2, 20)
+    for method in ("wilcoxon", "bootstrap"):
+        clear = paired_test(b + 3 + rng.normal(0, 0.5, 20), b, method=method)
+        assert clear.significant and clear.verdict == "significant" and clear.median_diff > 2
+        same = paired_test(b, b.copy(), method=method)
+        assert not same.significant and same.verdict == "not significant" and same.median_diff == 0
+        assert paired_test([np.nan], [1.0], method=method).verdict == "no pairs"
+    assert paired_test(b, b.copy()).p_value == 1.0
+    with pytest.raises(CompareError, match="unknown test"):
+        paired_test(b, b, method="ttest")
+
+
+def test_cli_positional_and_paper_figures(sweep: Path, tmp_path: Path):
+    """The real console entry point, as a user runs it."""
+    out = tmp_path / "paper"
+    proc = subprocess.run(
+        [sys.executable, "-m", "msslab.compare", str(sweep), f"output={out}", "paper_figures=true",
+         "baseline=augmentation=[]"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("paper_fig2_sdr.png", "paper_fig3_sir.png"):
+        is_png(out / name)
+    table = (out / "paper_table.md").read_text()
+    assert "Source 1 (vocals)" in table and "Source 2 (accompaniment)" in table
+    assert "## Paper figures" in (out / "comparison.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "paper"]  # no outputs/, no .hydra/, no log
+
+
+def test_bad_directories_name_the_path(tmp_path: Path):
+    missing = tmp_path / "no_such_sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "msslab.compare", f"dirs=[{missing}]"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode != 0 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CompareError, match="no results.json found under: .*empty"):
+        load_runs([empty])
+    broken = tmp_path / "broken" / "0"
+    broken.mkdir(parents=True)
+    (broken / "results.json").write_text("{not json")
+    with pytest.raises(CompareError, match=r"cannot read .*broken/0/results\.json"):
+        load_runs([tmp_path / "broken"])
+
+
+def test_never_overwrites_foreign_files(sweep: Path, tmp_path: Path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "comparison.csv").write_text("somebody else's table\n")
+    with pytest.raises(CompareError, match="refusing to overwrite .*comparison.csv"):
+        compare_runs([sweep], output=out, progress=False)
+    assert (out / "comparison.csv").read_text() == "somebody else's table\n"
+    # a report compare wrote itself is regenerated freely
+    compare_runs([sweep], progress=False, plot_metrics=[])
+    first = (sweep / "comparison.md").read_text()
+    compare_runs([sweep], progress=False, plot_metrics=[])
+    assert (sweep / "comparison.md").read_text() == first
+
+
+def test_baseline_selection_errors_and_missing_results(sweep: Path):
+    with pytest.raises(CompareError, match="matches no variant"):
+        compare_runs([sweep], baseline="augmentation=[gain]", progress=False)
+    with pytest.raises(CompareError, match="matches 4 variants"):
+        compare_runs([sweep], baseline="model=blstm", progress=False)
+    # a Hydra job dir that died before writing results.json is listed, not dropped
+    crashed = sweep / "8" / ".hydra"
+    crashed.mkdir(parents=True)
+    (crashed / "config.yaml").write_text("seed: 4\n")
+    (crashed / "overrides.yaml").write_text("- augmentation=[]\n- seed=4\n- trainer=smoke\n")
+    runs = load_runs([sweep], progress=False)
+    row = runs[runs["run"] == "8"].iloc[0]
+    assert row["status"] == "missing" and row["variant"] == BASELINE
+
+
+def test_variant_names_only_show_what_differs(sweep: Path):
+    runs = load_runs([sweep], progress=False)
+    assert list(dict.fromkeys(runs["variant"])) == [BASELINE, BETTER, SAME, DEAD]
+    assert runs.groupby("variant").size()[SAME] == 3  # seeds pool into one variant
+
+
+def test_command_line_sugar():
+    assert hydra_argv(["multirun/a", "multirun/b", "test=bootstrap"]) == [
+        "test=bootstrap",
+        "dirs=['multirun/a','multirun/b']",
+    ]
+    assert hydra_argv(["baseline=augmentation=[]"]) == ["baseline='augmentation=[]'"]
+    assert hydra_argv(["baseline='augmentation=[]'", "baseline=null"]) == ["baseline='augmentation=[]'", "baseline=null"]
+    assert hydra_argv(["--cfg", "job", "-cn", "compare", "x"]) == ["--cfg", "job", "-cn", "compare", "dirs=['x']"]
+    cfg = compose_cfg(["it's a dir", "baseline=model=lstm augmentation=[]"])
+    assert list(cfg.dirs) == ["it's a dir"] and cfg.baseline == "model=lstm augmentation=[]"
+
+
+def test_per_track_scores_from_museval_json(tmp_path: Path):
+    """A run whose results.json has no "tracks" is read from museval's own per-track files."""
+    run_dir = tmp_path / "outputs" / "run"
+    (run_dir / "museval" / "test").mkdir(parents=True)
+    frames = [{"time": i, "duration": 1, "metrics": {"SDR": v, "SIR": 10.0, "SAR": 1.0, "ISR": 2.0}}
+              for i, v in enumerate([1.0, 3.0, float("nan"), 2.0])]
+    museval = {"targets": [{"name": "vocals", "frames": frames}], "museval_version": "0.4"}
+    (run_dir / "museval" / "test" / "song a.json").write_text(json.dumps(museval))
+    results = {"status": "completed", "choices": {"model": "lstm"}, "sources": {"vocals": {"SDR": 2.0}}}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    runs = load_runs([tmp_path / "outputs"], progress=False)
+    assert runs.loc[0, "tracks"] == {"song a": {"vocals": {"SDR": 2.0, "SIR": 10.0, "SAR": 1.0, "ISR": 2.0}}}
+    assert runs.loc[0, "variant"] == "model=lstm"
+
+
+def test_variant_names_when_keys_are_missing_in_some_runs():
+    from msslab.report.runs import name_variants
+
+    settings = [
+        {"model": "blstm", "augmentation": "[]", "trainer": "smoke", "seed": "1"},
+        {"model": "blstm", "augmentation": "[reverb]", "trainer": "smoke", "seed": "2"},
+        {"model": "blstm", "augmentation": "[]", "seed": "1"},  # older run without trainer
+    ]
+    assert name_variants(settings) == [
+        "augmentation=[] trainer=smoke",
+        "augmentation=[reverb] trainer=smoke",  # a key that tells two variants apart is shown for all
+        "augmentation=[]",
+    ]
