@@ -240,7 +240,10 @@ class FileTracks(TrackSet):
                                 folder, len(present))
                 return set(present)
         held = self.fraction_held_out(names, folder)
-        if self.valid_tracks_list is None and self.split == "valid":
+        if self.valid_tracks_list is not None and self.split == "valid":
+            log.info("data: validating on %d of the %d tracks of %s (data.valid_fraction=%s): %s",
+                     len(held), len(names), folder, self.valid_fraction, sorted(held))
+        elif self.split == "valid":
             log.warning("data: none of MUSDB18's official validation tracks is in %s, so this is not MUSDB18 itself: "
                         "holding out %d of its %d tracks for validation (data.valid_fraction=%s): %s",
                         folder, len(held), len(names), self.valid_fraction, sorted(held))
