@@ -129,6 +129,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt`` (or a model needing no training) on ``cfg.data``'s test set."""
     from hydra.utils import instantiate
 
+    from .errors import CheckpointError
     from .system import build_system, covers_mixture, load_checkpoint
 
     run_dir = Path(cfg.paths.output_dir)
@@ -143,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict:
         residual = not covers_mixture(datamodule.sources, datamodule.groups)
         system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
         if not system.needs_targets:
-            raise ValueError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
+            raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                              "give ckpt=<path to a .ckpt written by msslab-train>")
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
     choices = run_choices()
@@ -156,7 +157,12 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    from .errors import MsslabError
+
+    try:
+        evaluate(cfg)
+    except MsslabError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

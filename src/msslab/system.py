@@ -146,16 +146,18 @@ def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
 
     from omegaconf import OmegaConf
 
+    from .errors import CheckpointError
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"ckpt: checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+        raise CheckpointError(f"ckpt: checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
     config = checkpoint.get("msslab_config") if isinstance(checkpoint, dict) else None
     if not config or "state_dict" not in checkpoint:
-        raise ValueError(f"checkpoint {path} was not written by msslab-train (no msslab_config / state_dict)")
+        raise CheckpointError(f"ckpt: {path} was not written by msslab-train (it holds no msslab_config / state_dict)")
     cfg = OmegaConf.create(config)
     system = build_system(cfg, config["targets"], config["nb_channels"], config["residual"])
     system.load_state_dict(checkpoint["state_dict"])

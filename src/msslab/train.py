@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
 from .logger import build_loggers, log_test_results
 from .results import write_results
@@ -111,6 +112,8 @@ def run(cfg: DictConfig) -> float:
                       train_seconds=time.perf_counter() - start)
         if _multirun():
             return float("nan")
+        if isinstance(exc, MsslabError):  # the user's input: the message says it all
+            raise SystemExit(f"error: {exc}") from None
         raise
     return record["best_val"] if record["best_val"] is not None else float("nan")
 

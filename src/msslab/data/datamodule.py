@@ -164,7 +164,7 @@ class MSSDataModule(pl.LightningDataModule):
     Args:
         train_tracks, valid_tracks, test_tracks: :class:`TrackSet` objects (built by Hydra).
         sample_rate: Hz; every track set must deliver audio at this rate.
-        targets: source names (``accompaniment`` = the rest) or ``{target: [sources]}``.
+        targets: source names (``accompaniment`` = the rest), ``{target: [sources]}``, or None (every source).
         chunk_seconds: length of a training example in seconds.
         samples_per_track: training examples drawn per track and epoch.
         valid_chunk_seconds, valid_max_chunks: validation chunking (None: all chunks).
@@ -175,13 +175,15 @@ class MSSDataModule(pl.LightningDataModule):
     def __init__(self, train_tracks: TrackSet, valid_tracks: TrackSet, test_tracks: TrackSet, sample_rate: int,
                  targets, chunk_seconds: float = 4.0, samples_per_track: int = 16, valid_chunk_seconds: float = 8.0,
                  valid_max_chunks: int | None = None, batch_size: int = 16, num_workers: int = 2,
-                 silent_target_db: float | None = None, seed: int = 0, augmentation=None):
+                 silent_target_db: float | None = None, seed: int = 0, augmentation=None, **dataset_options):
+        # dataset_options: keys of the data node that the track sets reference
+        # (root, on_bad_track, ...); Hydra has already rejected any typo among them.
         super().__init__()
         self.train_tracks, self.valid_tracks, self.test_tracks = train_tracks, valid_tracks, test_tracks
         self.sample_rate = int(sample_rate)
         _check_tracksets({"train": train_tracks, "valid": valid_tracks, "test": test_tracks}, self.sample_rate)
         self.sources = list(train_tracks.sources)
-        self.groups = target_groups(self.sources, targets)
+        self.groups = target_groups(self.sources, self.sources if targets is None else targets)
         self.targets = list(self.groups)
         self.nb_channels = train_tracks.nb_channels
         self.chunk_frames = int(round(chunk_seconds * self.sample_rate))

@@ -204,8 +204,14 @@ LEVELS_DB = {"vocals": (-20, -14), "drums": (-22, -16), "bass": (-22, -16), "oth
 PANS = {"vocals": (-0.15, 0.15), "drums": (-0.3, 0.3), "bass": (-0.1, 0.1), "other": (-0.8, 0.8)}
 
 
-def generate_track(seed: int, seconds: float, sample_rate: int) -> dict[str, np.ndarray]:
-    """Render one track: ``{source: float32 (2, round(seconds * sample_rate))}``."""
+def generate_track(seed: int, seconds: float, sample_rate: int, noise_floor_db: float = -60.0) -> dict[str, np.ndarray]:
+    """Render one track: ``{source: float32 (2, round(seconds * sample_rate))}``.
+
+    Each stem gets an independent white noise floor ``noise_floor_db`` below its
+    level, like a recording. Without it the band-limited stems make BSSEval's
+    512-tap projections ill-conditioned, and museval reports SIR/SAR/ISR that
+    contradict the SDR by tens of dB.
+    """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sample_rate))
     score = _Score(rng, seconds)
@@ -213,8 +219,10 @@ def generate_track(seed: int, seconds: float, sample_rate: int) -> dict[str, np.
     for name in SOURCES:
         mono = RENDERERS[name](score, np.random.default_rng(rng.integers(2**32)), n, sample_rate)
         rms = np.sqrt(np.mean(mono**2)) + 1e-9
-        mono = mono / rms * 10.0 ** (rng.uniform(*LEVELS_DB[name]) / 20.0)
-        stems[name] = _pan(mono, rng.uniform(*PANS[name])).astype(np.float32)
+        level = 10.0 ** (rng.uniform(*LEVELS_DB[name]) / 20.0)
+        stereo = _pan(mono / rms * level, rng.uniform(*PANS[name]))
+        stereo += rng.standard_normal(stereo.shape) * level * 10.0 ** (noise_floor_db / 20.0)
+        stems[name] = stereo.astype(np.float32)
     return stems
 
 
@@ -227,12 +235,14 @@ class SyntheticTracks(TrackSet):
     sources = SOURCES
     nb_channels = 2
 
-    def __init__(self, nb_tracks: int, seconds: float, sample_rate: int, seed: int, split: str = "train"):
+    def __init__(self, nb_tracks: int, seconds: float, sample_rate: int, seed: int, split: str = "train",
+                 noise_floor_db: float = -60.0):
         if nb_tracks < 1:
             raise DataError(f"data: {split} needs nb_tracks >= 1, got {nb_tracks}")
         if seconds <= 0:
             raise DataError(f"data: {split} needs seconds > 0, got {seconds}")
         self.nb_tracks, self.seconds, self.sample_rate, self.seed, self.split = nb_tracks, seconds, sample_rate, seed, split
+        self.noise_floor_db = noise_floor_db
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -247,7 +257,7 @@ class SyntheticTracks(TrackSet):
     def _track(self, index: int) -> dict[str, np.ndarray]:
         if index not in self._cache:
             seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
-            self._cache[index] = generate_track(seed, self.seconds, self.sample_rate)
+            self._cache[index] = generate_track(seed, self.seconds, self.sample_rate, self.noise_floor_db)
         return self._cache[index]
 
     def load(self, index, offset=0, num_frames=None):

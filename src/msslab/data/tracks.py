@@ -12,8 +12,10 @@ import abc
 
 import numpy as np
 
+from ..errors import MsslabError
 
-class DataError(ValueError):
+
+class DataError(MsslabError, ValueError):
     """Bad dataset input: the message names the file or key and what is wrong."""
 
 
