@@ -1,7 +1,8 @@
 """Test-set evaluation: separate whole tracks, score them with museval, write results.
 
 ``msslab-eval ckpt=PATH`` scores a checkpoint; ``msslab-eval model=oracle_irm``
-scores the ideal ratio mask (no checkpoint). Both write ``museval/<track>.json``
+scores the ideal ratio mask and ``model=mixture`` the mixture as every estimate
+(no checkpoint for either). Both write ``museval/<track>.json``
 and ``results.json`` into the run directory and print the table.
 """
 
@@ -143,9 +144,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if not cfg.ckpt:
         residual = not covers_mixture(datamodule.sources, datamodule.groups)
         system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
-        if not system.needs_targets:
+        if any(p.requires_grad for p in system.model.parameters()):
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
-                             "give ckpt=<path to a .ckpt written by msslab-train>")
+                                  "give ckpt=<path to a .ckpt written by msslab-train>")
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
     choices = run_choices()
     write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,

@@ -7,6 +7,7 @@ Returns the best validation score, so Hydra sweepers (Optuna) can maximise it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .augmentation import AugmentationError, check_overrides
 from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
 from .logger import build_loggers, log_test_results
@@ -45,8 +47,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     residual = not covers_mixture(datamodule.sources, datamodule.groups)
     system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
-    if getattr(system.model, "needs_targets", False):
-        raise ValueError("model=oracle_irm is not trained: evaluate it with `msslab-eval model=oracle_irm`")
+    if not any(p.requires_grad for p in system.model.parameters()):
+        raise MsslabError(f"model={cfg.model._target_} has nothing to train: evaluate it with msslab-eval")
     # Input normalisation from clean training mixtures (magnitude statistics per bin).
     examples = datamodule.clean_train_examples(64)
     system.model.set_input_stats(system.spectrogram(examples).abs())
@@ -119,8 +121,17 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run(cfg)
+
+
+def main():
+    # Hydra names unknown group options itself, except inside a list: augmentation=[reverb,echo].
+    try:
+        check_overrides(sys.argv[1:], CONF_DIR)
+    except AugmentationError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return _hydra_main()
 
 
 if __name__ == "__main__":

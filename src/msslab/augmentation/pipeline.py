@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from ..errors import MsslabError
 
 # Canonical order, whatever the order of the selection: source-level gain and
 # channel swap first (cheap, and they act on the dry recordings), then the
@@ -29,7 +30,7 @@ ORDER = ("remix", "gain", "channel_swap", "time_stretch", "pitch_shift", "reverb
 AVAILABLE = tuple(sorted(ORDER))
 
 
-class AugmentationError(ValueError):
+class AugmentationError(MsslabError, ValueError):
     """A bad augmentation config: the message names the key and what is allowed."""
 
 
@@ -157,24 +158,28 @@ def build_pipeline(cfg, sample_rate: int) -> AugmentationPipeline | None:
     return AugmentationPipeline(stages, sample_rate)
 
 
-_SELECTION = re.compile(r"^\+{0,2}augmentation=(.*)$")
-
-
 def check_overrides(overrides: Sequence[str], config_dir: str | Path) -> None:
     """Fail early, listing the choices, on an unknown name in an ``augmentation=...`` override.
 
     Hydra lists a group's options for ``augmentation=foo`` but not for a name
     inside a list (``augmentation=[reverb,foo]``); an entry point calls this with
-    its command-line overrides before composing. ``config_dir`` is the primary
+    its command-line overrides before composing. Sweeps (``augmentation=[],[reverb]``)
+    are parsed with Hydra's own override grammar. ``config_dir`` is the primary
     config folder (its ``augmentation/`` subfolder holds the choices).
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     choices = sorted(p.stem for p in Path(config_dir, "augmentation").glob("*.yaml"))
-    for override in overrides:
-        match = _SELECTION.match(override.strip())
-        if not match:
-            continue
-        names = [n.strip().strip("'\"") for n in match.group(1).strip().strip("[]").split(",")]
-        unknown = [n for n in names if n and n not in choices]
-        if unknown:
-            raise AugmentationError(
-                f"unknown augmentation(s) {unknown} in {override!r}; available: {', '.join(choices)}")
+    relevant = [o for o in overrides if o.lstrip("+~").startswith("augmentation=")]
+    if not relevant:
+        return
+    for override in OverridesParser.create().parse_overrides(relevant):
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if isinstance(value, str):  # a sweep value arrives as its text, e.g. "[reverb,foo]"
+                value = value.strip().strip("[]").split(",") if value.strip().startswith("[") else [value]
+            names = [str(n).strip() for n in (value if isinstance(value, (list, tuple)) else [value])]
+            unknown = [n for n in names if n and n not in choices]
+            if unknown:
+                raise AugmentationError(
+                    f"unknown augmentation(s) {unknown} in {override.input_line!r}; available: {', '.join(choices)}")

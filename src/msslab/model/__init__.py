@@ -1,7 +1,7 @@
 """Separator networks (config group ``model``) and the spectrogram front end they share."""
 
-from .oracle import OracleIRM
+from .reference import MixtureBaseline, OracleIRM
 from .rnn import RNNSeparator
 from .spectrogram import Spectrogram
 
-__all__ = ["RNNSeparator", "OracleIRM", "Spectrogram"]
+__all__ = ["RNNSeparator", "OracleIRM", "MixtureBaseline", "Spectrogram"]

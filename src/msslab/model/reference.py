@@ -1,4 +1,4 @@
-"""The ideal ratio mask: the ceiling of mask-based separation on a given test set."""
+"""Reference points with nothing to train: the oracle ceiling and the mixture floor."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ class OracleIRM(nn.Module):
         if self.residual:
             total = total + (mixture_spec - target_specs.sum(1)).abs().unsqueeze(1) ** self.power
         return energy / total.clamp_min(1e-10)
+
+
+class MixtureBaseline(nn.Module):
+    """Every estimate is the mixture itself (all masks 1): the floor any separator must beat."""
+
+    needs_targets = False
+
+    def __init__(self, nb_targets: int, **unused):
+        super().__init__()
+        self.nb_targets = nb_targets
+
+    def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F, T)`` -> ``(B, S, C, F, T)`` ones."""
+        return torch.ones_like(magnitude).unsqueeze(1).expand(-1, self.nb_targets, -1, -1, -1)
