@@ -109,13 +109,26 @@ class AugmentationPipeline:
         self.remix_p = float(getattr(remix, "p", 0.0)) if remix is not None else 0.0
         self.stages = [(k, stages[k]) for k in self.names if k != "remix"]
 
-    def __call__(self, sources: Mapping[str, np.ndarray], rng: np.random.Generator):
+    def input_frames(self, frames: int) -> int:
+        """Samples to load for an example of ``frames`` samples.
+
+        More than ``frames`` when time_stretch may speed up, so a faster tempo still
+        fills the example instead of ending in silence.
+        """
+        stretch = dict(self.stages).get("time_stretch")
+        return int(np.ceil(frames * max(1.0, stretch.max_rate))) if stretch is not None else frames
+
+    def __call__(self, sources: Mapping[str, np.ndarray], rng: np.random.Generator, frames: int | None = None):
+        """``frames``: the example length, when ``sources`` were loaded longer (see ``input_frames``)."""
         sources = {k: np.asarray(v, dtype=np.float32) for k, v in sources.items()}
-        shapes = {k: v.shape for k, v in sources.items()}
+        frames = frames or next(iter(sources.values())).shape[-1]
+        shapes = {k: v.shape[:-1] + (frames,) for k, v in sources.items()}
         mix_only = None
         with seeded_global_random(rng):
-            for _, stage in self.stages:
+            for name, stage in self.stages:
                 sources, mix_only = stage(sources, mix_only, rng, self.sample_rate)
+                if name == "time_stretch":
+                    sources = {k: np.ascontiguousarray(v[..., :frames]) for k, v in sources.items()}
         # Stages promise this; a silent shape change would misalign targets and mixture.
         for k, v in sources.items():
             assert v.shape == shapes[k] and v.dtype == np.float32, (k, v.shape, v.dtype)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import audiomentations
 
-from .pipeline import as_range, check_probability, stack, unstack
+from .pipeline import AugmentationError, as_range, check_probability, stack, unstack
 
 METHODS = ("signalsmith_stretch", "librosa_phase_vocoder")
 
 
 def _check_method(method: str, name: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"{name}.method must be one of {list(METHODS)}, got {method!r}")
+        raise AugmentationError(f"{name}.method must be one of {list(METHODS)}, got {method!r}")
     return method
 
 
@@ -38,8 +38,8 @@ class TimeStretch(_PerExampleOrSource):
     Args:
         p: probability of applying it (per example, or per source when ``per_source``).
         rate: ``[low, high]`` speed factor, drawn uniformly (>1 faster, <1 slower).
-            The output is cut to the segment length, or padded with silence at the
-            end when faster.
+            The data set loads ``ceil(segment * max(rate))`` samples, so a faster
+            tempo still fills the segment; the pipeline cuts the result to the segment.
         per_source: draw a rate for every source instead of one per example.
         method: ``signalsmith_stretch`` (default) or ``librosa_phase_vocoder``.
     """
@@ -48,6 +48,7 @@ class TimeStretch(_PerExampleOrSource):
                  method: str = "signalsmith_stretch"):
         low, high = as_range(rate, "time_stretch.rate")
         self.p, self.per_source = check_probability(p, "time_stretch"), bool(per_source)
+        self.max_rate = high
         self.transform = audiomentations.TimeStretch(
             min_rate=low, max_rate=high, leave_length_unchanged=True,
             method=_check_method(method, "time_stretch"), p=self.p)

@@ -88,6 +88,8 @@ class TrainChunks(Dataset):
         self.samples_per_track, self.seed, self.pipeline = samples_per_track, seed, pipeline
         self.silent_db, self.max_redraws = silent_db, max_redraws
         self._rng, self._rng_seed = None, None
+        # Time stretching may need more input than one chunk to fill it.
+        self.load_frames = pipeline.input_frames(chunk_frames) if pipeline is not None else chunk_frames
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
@@ -100,9 +102,9 @@ class TrainChunks(Dataset):
         return self._rng
 
     def _offset(self, index: int, rng) -> int:
-        room = self.tracks.num_frames(index) - self.chunk_frames
+        room = self.tracks.num_frames(index) - self.load_frames
         if room < 0:
-            raise DataError(f"track {self.tracks.name(index)!r} is shorter ({self.tracks.num_frames(index)} samples) than one chunk ({self.chunk_frames})")
+            raise DataError(f"track {self.tracks.name(index)!r} is shorter ({self.tracks.num_frames(index)} samples) than one training chunk ({self.load_frames} samples to load)")
         return int(rng.integers(0, room + 1))
 
     def _draw_sources(self, index: int, rng) -> dict[str, np.ndarray]:
@@ -111,9 +113,9 @@ class TrainChunks(Dataset):
             sources = {}
             for name in self.tracks.sources:  # every source from its own random track and position
                 other = int(rng.integers(len(self.tracks)))
-                sources[name] = self.tracks.load(other, self._offset(other, rng), self.chunk_frames)[name]
+                sources[name] = self.tracks.load(other, self._offset(other, rng), self.load_frames)[name]
             return sources
-        return self.tracks.load(index, self._offset(index, rng), self.chunk_frames)
+        return self.tracks.load(index, self._offset(index, rng), self.load_frames)
 
     def _silent(self, sources) -> bool:
         if self.silent_db is None:
@@ -134,7 +136,7 @@ class TrainChunks(Dataset):
             sources = self._draw_sources(index, rng)
         noise = None
         if self.pipeline is not None:
-            sources, noise = self.pipeline(sources, rng)
+            sources, noise = self.pipeline(sources, rng, frames=self.chunk_frames)
         return mix_example(sources, self.groups, noise)
 
 
