@@ -1,0 +1,139 @@
+"""The RNN separator, built from the real ``model`` configs exactly as ``msslab-train`` builds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from msslab.model import RNNSeparator
+from msslab.system import build_system
+
+VARIANTS = {"lstm": (nn.LSTM, False), "gru": (nn.GRU, False), "blstm": (nn.LSTM, True), "bgru": (nn.GRU, True)}
+SOURCES = ["vocals", "drums", "bass", "other"]
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def mixture(batch: int, channels: int, samples: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal((batch, channels, samples)).astype(np.float32)) * 0.1
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    """``{variant: composed config}`` for the four RNN variants (the real YAML, default sizes)."""
+    from hydra import compose, initialize_config_dir
+
+    out = tmp_path_factory.mktemp("model")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return {name: compose("train", overrides=[f"model={name}", f"paths.output_dir={out}"]) for name in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_builds_its_cell_and_direction(configs, variant):
+    cfg = configs[variant]
+    system = build_system(cfg, SOURCES, nb_channels=2, residual=False)
+    cell, bidirectional = VARIANTS[variant]
+    rnn = system.model.rnn
+    assert type(rnn) is cell and rnn.bidirectional is bidirectional
+    assert rnn.num_layers == cfg.model.nb_layers
+    # hidden_size is the total width, split over the directions.
+    assert rnn.hidden_size * (2 if bidirectional else 1) == cfg.model.hidden_size
+    assert system.model.nb_bins == cfg.stft.n_fft // 2 + 1
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("targets, channels", [(SOURCES, 2), (["vocals", "accompaniment"], 1)])
+def test_variant_output_shapes(configs, variant, targets, channels):
+    system = build_system(configs[variant], targets, nb_channels=channels, residual=False).eval()
+    samples = 4001  # not a whole number of hops
+    x = mixture(2, channels, samples)
+    with torch.no_grad():
+        spec = system.spectrogram(x)
+        masks = system.model(spec.abs())
+        estimates = system(x)
+    frames = samples // system.spectrogram.hop_length + 1
+    assert masks.shape == (2, len(targets), channels, system.spectrogram.nb_bins, frames)
+    assert estimates.shape == (2, len(targets), channels, samples)
+    # Softmax masks: a partition of the mixture, so the estimates add up to it.
+    assert float(masks.min()) >= 0 and torch.allclose(masks.sum(1), torch.ones(()), atol=1e-5)
+    assert float((estimates.sum(1) - x).norm() / x.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_only_bidirectional_variants_see_the_future(configs, variant):
+    system = build_system(configs[variant], SOURCES, nb_channels=2, residual=False).eval()
+    magnitude = system.spectrogram(mixture(1, 2, 6400)).abs()
+    changed = magnitude.clone()
+    cut = magnitude.shape[-1] // 2
+    changed[..., cut:] *= 3.0
+    with torch.no_grad():
+        before, after = system.model(magnitude), system.model(changed)
+    past = (before[..., :cut] - after[..., :cut]).abs().max().item()
+    future = (before[..., cut:] - after[..., cut:]).abs().max().item()
+    assert future > 1e-3  # the change is visible where it happens
+    if VARIANTS[variant][1]:
+        assert past > 1e-4
+    else:
+        assert past < 1e-6  # causal: usable for streaming
+
+
+@pytest.mark.parametrize("mask", ["sigmoid", "relu"])
+def test_independent_masks_are_nonnegative(mask):
+    model = RNNSeparator(nb_bins=33, max_bin=20, nb_channels=2, nb_targets=3, hidden_size=16, nb_layers=1, mask=mask).eval()
+    with torch.no_grad():
+        masks = model(torch.rand(2, 2, 33, 7))
+    assert masks.shape == (2, 3, 2, 33, 7) and float(masks.min()) >= 0
+    if mask == "sigmoid":
+        assert float(masks.max()) <= 1
+
+
+def test_residual_class_leaves_room_for_the_rest():
+    model = RNNSeparator(nb_bins=33, max_bin=33, nb_channels=2, nb_targets=2, hidden_size=16, nb_layers=1, residual=True).eval()
+    with torch.no_grad():
+        total = model(torch.rand(2, 2, 33, 7)).sum(1)
+    assert float(total.max()) < 1 - 1e-4 and float(total.min()) > 0
+
+
+def test_input_statistics_normalise_the_network_input():
+    model = RNNSeparator(nb_bins=33, max_bin=20, nb_channels=2, nb_targets=2, hidden_size=16, nb_layers=1)
+    magnitude = torch.rand(4, 2, 33, 50) * torch.linspace(0.1, 10, 33)[:, None] + 3.0
+    model.set_input_stats(magnitude)
+    x = magnitude[:, :, :20].permute(0, 1, 3, 2).reshape(-1, 20)
+    normalised = (x - model.input_mean) / model.input_scale
+    assert torch.allclose(normalised.mean(0), torch.zeros(20), atol=1e-4)
+    assert torch.allclose(normalised.std(0), torch.ones(20), atol=1e-3)
+    assert "input_mean" in model.state_dict()  # saved with the weights
+
+
+@pytest.mark.parametrize("kwargs, key", [({"cell": "rnn"}, "model.cell"), ({"mask": "tanh"}, "model.mask"),
+                                         ({"hidden_size": 15}, "model.hidden_size")])
+def test_bad_model_settings_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        RNNSeparator(**{"nb_bins": 33, "max_bin": 33, "nb_channels": 2, "nb_targets": 2} | kwargs)
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "sdr"])
+def test_a_few_steps_lower_each_loss(tmp_path, compose_train, loss):
+    """Gradients reach the network through the system's own training step, for every loss domain."""
+    cfg = compose_train(["experiment=smoke", f"loss={loss}", "model.dropout=0"], tmp_path)
+    torch.manual_seed(0)
+    system = build_system(cfg, ["vocals", "accompaniment"], nb_channels=2, residual=False)
+    t = torch.arange(4000) / 8000
+    vocals = torch.sin(2 * torch.pi * 440 * t)[None].repeat(2, 1) * (t > 0.25)
+    rest = mixture(1, 2, 4000, seed=3)[0]
+    batch = (torch.stack([vocals + rest] * 2), torch.stack([torch.stack([vocals, rest])] * 2))
+    system.model.set_input_stats(system.spectrogram(batch[0]).abs())
+    optimizer = torch.optim.Adam(system.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss_value, _ = system._step(batch)
+        loss_value.backward()
+        optimizer.step()
+        losses.append(loss_value.item())
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0] - 0.1 * abs(losses[0])
