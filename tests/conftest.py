@@ -105,6 +105,12 @@ def cli(tmp_path) -> Cli:
     return Cli(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def cli_factory():
+    """``Cli`` itself, for module- and session-scoped fixtures: ``cli_factory(working_dir)``."""
+    return Cli
+
+
 @pytest.fixture
 def compose_train():
     """``compose_train(overrides, output_dir, config_name="train")`` -> the composed run config.

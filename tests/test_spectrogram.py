@@ -112,3 +112,15 @@ def test_oracle_with_residual_leaves_the_rest_out():
 def test_oracle_cannot_separate_without_the_true_sources():
     with pytest.raises(ValueError, match="oracle"):
         _system()(noise(1, 2, 4000))
+
+
+def test_mixture_baseline_returns_the_mixture_for_every_target():
+    from msslab.model import MixtureBaseline
+
+    system = SeparationSystem(MixtureBaseline(nb_targets=3), Spectrogram(n_fft=512, hop_length=128, sample_rate=SR),
+                              ["a", "b", "c"]).eval()
+    mixture = noise(2, 2, 5000, seed=4)
+    estimates = system(mixture)
+    assert estimates.shape == (2, 3, 2, 5000)
+    for j in range(3):
+        assert relative_error(estimates[:, j], mixture) < 1e-5
