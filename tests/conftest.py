@@ -163,6 +163,8 @@ def _start_smoke_run() -> None:
 
 def pytest_collection_modifyitems(session, config, items):
     # Start the trained run now if any selected test will need it.
+    if config.option.collectonly:
+        return
     if any("smoke_run" in getattr(item, "fixturenames", ()) for item in items):
         _start_smoke_run()
 
