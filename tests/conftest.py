@@ -2,7 +2,7 @@
 
 Nothing here reaches the network: W&B is forced offline and writes into a temporary
 folder, and every dataset is generated. The one expensive thing, a trained
-``experiment=smoke`` run (train + museval, about a minute on 2 cores), happens once
+``experiment=smoke`` run (train + museval, about 30 s on 2 cores), happens once
 per session and starts in the background as soon as collection shows that a selected
 test needs it, so it overlaps with the tests that do not.
 """
