@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from .metric import bsseval
@@ -32,32 +32,37 @@ def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_f
                      targets: torch.Tensor | None = None) -> torch.Tensor:
     """Separate a long mixture ``(C, T)`` in overlapping chunks -> ``(S, C, T)``.
 
-    Neighbouring chunks overlap by ``overlap_frames`` and are cross-faded linearly,
-    so memory is bounded by the chunk size whatever the length. ``targets``
-    ``(S, C, T)`` is passed chunk by chunk to models that need it (the oracle).
+    Chunks are all ``chunk_frames`` long (the last one is aligned to the end), and
+    neighbours are cross-faded over ``overlap_frames`` (0: hard cuts), so memory is
+    bounded by the chunk size whatever the length. ``targets`` ``(S, C, T)`` is
+    passed chunk by chunk to models that need it (the oracle).
     """
     length = mixture.shape[-1]
+    shortest = system.spectrogram.n_fft  # the STFT's reflect padding needs this much signal
+    if length < shortest:
+        pad = (0, shortest - length)
+        padded = None if targets is None else torch.nn.functional.pad(targets, pad)
+        return separate_chunked(system, torch.nn.functional.pad(mixture, pad), chunk_frames, 0, padded)[..., :length]
+    chunk_frames = max(chunk_frames, shortest)
     if length <= chunk_frames:
         return system(mixture[None], None if targets is None else targets[None])[0]
-    overlap = min(overlap_frames, chunk_frames // 2)
-    step = chunk_frames - overlap
+    overlap = min(max(overlap_frames, 0), chunk_frames // 2)
+    starts = list(range(0, length - chunk_frames, chunk_frames - overlap)) + [length - chunk_frames]
+    ramp = torch.linspace(0, 1, overlap + 2, dtype=mixture.dtype)[1:-1]
     out, weight = None, torch.zeros(length, dtype=mixture.dtype)
-    for start in range(0, length, step):
-        stop = min(start + chunk_frames, length)
+    for start in starts:
+        stop = start + chunk_frames
         chunk_targets = None if targets is None else targets[None, ..., start:stop]
         estimate = system(mixture[None, :, start:stop], chunk_targets)[0]
         if out is None:
             out = torch.zeros(estimate.shape[:-1] + (length,), dtype=estimate.dtype)
-        fade = torch.ones(stop - start, dtype=mixture.dtype)
-        ramp = torch.linspace(0, 1, overlap + 2, dtype=mixture.dtype)[1:-1]
-        if start > 0:
-            fade[:overlap] = ramp[: stop - start]
-        if stop < length:
+        fade = torch.ones(chunk_frames, dtype=mixture.dtype)
+        if overlap and start > 0:
+            fade[:overlap] = ramp
+        if overlap and stop < length:
             fade[-overlap:] = ramp.flip(0)
         out[..., start:stop] += estimate * fade
         weight[start:stop] += fade
-        if stop == length:
-            break
     return out / weight
 
 
@@ -137,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.ckpt:
         system = load_checkpoint(cfg.ckpt)
         trained = OmegaConf.create(system.config)
-        with OmegaConf.open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
+        with open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
             cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
     datamodule = instantiate(cfg.data, augmentation=None)
     datamodule.setup("test")

@@ -98,6 +98,14 @@ def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _finish_wandb(exit_code: int) -> None:
+    # A sweep's launcher reuses worker processes: an unfinished W&B run would swallow the next job's logs.
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def run(cfg: DictConfig) -> float:
     """Train and record the outcome; a crash is written to results.json as ``failed``.
 
@@ -107,7 +115,9 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     try:
         record = train(cfg)
+        _finish_wandb(0)
     except Exception as exc:
+        _finish_wandb(1)
         log.error("run failed: %s", exc)
         write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),

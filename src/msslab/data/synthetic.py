@@ -99,7 +99,7 @@ def _vocals(score: _Score, rng, n: int, sr: int) -> np.ndarray:
         amp[start:stop] = _adsr(length, sr, 0.03, 0.08) * rng.uniform(0.6, 1.0)
         vowel[start:stop] = VOWELS[int(rng.integers(len(VOWELS)))]
         t += dur
-    # Smooth pitch (glides between notes) and add vibrato that deepens over each note.
+    # Smooth pitch (glides between notes) and add a vibrato of constant rate and depth.
     held = f0 > 0
     f0 = np.where(held, f0, np.maximum.accumulate(np.where(held, f0, 0.0)))
     f0[f0 == 0] = midi_to_hz(score.root + 12)
@@ -112,7 +112,7 @@ def _vocals(score: _Score, rng, n: int, sr: int) -> np.ndarray:
     out = np.zeros(n)
     for k in range(1, 40):
         fk = k * f0
-        # Formant envelope: source slope (-12 dB/oct) times three resonances; silent above Nyquist.
+        # Formant envelope: source slope (-6 dB/oct) times three resonances; silent above Nyquist.
         gain = k ** -1.0 * sum(np.exp(-0.5 * ((fk - vowel[:, j]) / (80.0 + 40 * j)) ** 2) * (1.0, 0.7, 0.35)[j] for j in range(3))
         gain = (gain + 0.02 / k) * (fk < 0.45 * sr)
         out += gain * np.sin(k * phase)
@@ -199,8 +199,9 @@ def _other(score: _Score, rng, n: int, sr: int) -> np.ndarray:
 
 
 RENDERERS = {"vocals": _vocals, "drums": _drums, "bass": _bass, "other": _other}
-# Level ranges in dB relative to full scale RMS, roughly like a pop mix.
-LEVELS_DB = {"vocals": (-20, -14), "drums": (-22, -16), "bass": (-22, -16), "other": (-24, -18)}
+# Level ranges in dB relative to full scale RMS, roughly like a pop mix, with headroom
+# so that mixtures stay below full scale (they can be written as PCM without clipping).
+LEVELS_DB = {"vocals": (-24, -18), "drums": (-26, -20), "bass": (-26, -20), "other": (-28, -22)}
 PANS = {"vocals": (-0.15, 0.15), "drums": (-0.3, 0.3), "bass": (-0.1, 0.1), "other": (-0.8, 0.8)}
 
 
