@@ -13,12 +13,26 @@ log = logging.getLogger(__name__)
 
 def build_loggers(cfg, choices: dict) -> list[Logger]:
     """Instantiate every logger of the ``logger`` node; W&B runs get a tag per config choice."""
-    tags = [f"{group}={value}" for group, value in choices.items() if value not in (None, "", [])]
+    tags = run_tags(choices)
     loggers = []
     for name, node in (cfg or {}).items():
         kwargs = {"tags": tags} if str(node.get("_target_", "")).endswith("WandbLogger") else {}
         loggers.append(instantiate(node, **kwargs))
     return loggers
+
+
+def run_tags(choices: dict) -> list[str]:
+    """One tag per config choice, ``group=value``; a list (augmentation) gives one tag per item.
+
+    W&B refuses tags over 64 characters, which one tag for a whole list soon is.
+    """
+    tags = []
+    for group, value in choices.items():
+        if isinstance(value, (list, tuple)):
+            tags += [f"{group}={item}" for item in value] or [f"{group}=none"]
+        elif value not in (None, ""):
+            tags.append(f"{group}={value}")
+    return [tag[:64] for tag in tags]
 
 
 def log_test_results(loggers: list[Logger], results: dict, example: dict | None = None) -> None:
