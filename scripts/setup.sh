@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# Install msslab into .venv (Python 3.11) with its test extras, plus ffmpeg:
-# museval imports musdb, which refuses to import without ffmpeg/ffprobe on PATH.
+# Install msslab into .venv (Python 3.11) with its test extras, plus the system
+# packages it needs on Debian/Ubuntu. Safe to rerun: each step is skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
-fi
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
 python=${PYTHON:-python3.11}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
+  $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# museval imports musdb, which imports stempeg, which refuses to import without ffmpeg/ffprobe.
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  echo "--- installing ffmpeg"
+  apt_install ffmpeg
+fi
+
+# Debian's python3.11 ships without ensurepip unless python3.11-venv is installed.
+if ! "$python" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "--- installing ${python}-venv"
+  apt_install "$(basename "$python")-venv"
+fi
+
+# (Re)create .venv when missing, broken or not Python 3.11.
+if ! .venv/bin/python -c "import sys, pip; sys.exit(sys.version_info[:2] != (3, 11))" >/dev/null 2>&1; then
+  echo "--- creating .venv with $python"
+  "$python" -m venv --clear .venv
+fi
+
+echo "--- pip install -e .[dev]"
 .venv/bin/python -m pip install -q -e ".[dev]"
