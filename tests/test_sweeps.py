@@ -79,6 +79,8 @@ def test_ablation_augmentation_composes_the_ten_augmentation_sets():
     for cfg in composed:  # everything else is the paper's system
         assert cfg.name == "ablation_augmentation" and list(cfg.data.targets) == ["vocals", "accompaniment"]
         assert cfg.model.bidirectional and cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+        # no processes of its own: they cannot start inside joblib's (loky) workers
+        assert cfg.data.num_workers == 0 and cfg.metric.n_jobs == 1
         assert cfg.hydra.sweep.dir.startswith("multirun/ablation_augmentation/")
 
 
