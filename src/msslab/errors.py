@@ -15,3 +15,17 @@ class CheckpointError(MsslabError):
 
 class AudioFileError(MsslabError):
     """An audio file to separate is missing, unreadable or would be overwritten."""
+
+
+def exit_on_user_error(task):
+    """Decorate an entry point's task: a :class:`MsslabError` ends it with one line and exit code 1."""
+    import functools
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except MsslabError as exc:
+            raise SystemExit(f"error: {exc}") from None
+
+    return wrapper

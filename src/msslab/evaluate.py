@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from .errors import exit_on_user_error
 from .metric import bsseval
 from .results import results_table, write_results
 
@@ -162,13 +163,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from .errors import MsslabError
-
-    try:
-        evaluate(cfg)
-    except MsslabError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from omegaconf import DictConfig, ListConfig
 
-from .errors import AudioFileError, MsslabError
+from .errors import AudioFileError, exit_on_user_error
 from .evaluate import CONF_DIR, separate_chunked
 from .system import load_checkpoint
 
@@ -93,11 +93,9 @@ def separate(cfg: DictConfig) -> list[Path]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="separate", version_base="1.3")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        separate(cfg)
-    except MsslabError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    separate(cfg)
 
 
 if __name__ == "__main__":
