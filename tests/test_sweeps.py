@@ -105,13 +105,10 @@ def test_ablation_rnn_matches_parameter_counts():
 
 def test_sweeps_cross_and_add_seeds():
     # augmentation x model: both presets at once, plus three seeds on the command line
-    cfg = _compose(["experiment=[ablation_augmentation,ablation_rnn]"])
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    parsed = OverridesParser.create().parse_overrides([*params, "seed=1,2,3"])
-    jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    jobs = sweep_jobs("[ablation_augmentation,ablation_rnn]", "seed=1,2,3")
     assert len(jobs) == 10 * 4 * 3
     job = next(j for j in jobs if "model=bgru" in j and "augmentation=[]" in j and "seed=2" in j)
-    cfg = _compose(["experiment=[ablation_augmentation,ablation_rnn]", *job])
+    cfg = _compose(job)
     assert augmentations(cfg) == [] and cfg.model.cell == "gru" and cfg.model.bidirectional and cfg.seed == 2
     assert cfg.model.hidden_size == cfg.matched_hidden_size.bgru
 
@@ -259,3 +256,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_finishes(tmp_path):
     assert sorted(runs["status"]) == ["completed", "failed"]
     assert "learning rate" in runs.loc[runs["status"] == "failed", "error"].iloc[0]
     assert "learning rate" in (tmp_path / "report" / "comparison.md").read_text()
+
+
+def test_search_survives_a_failing_trial(tmp_path):
+    # Only the learning rate is searched, between a good value and one that fails inside
+    # trainer.fit; sampler seed 0 proposes both in the first two (random start-up) trials.
+    sweep_dir = tmp_path / "multirun" / "search"
+    multirun(tmp_path, sweep_dir, "experiment=[search,smoke]", *TINY, "name=search", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.sampler.seed=0", "optimizer.lr=choice(0.001,-1.0)", "model.hidden_size=32",
+             "model.nb_layers=1", "model.dropout=0.0", "stft.n_fft=256")
+    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+    assert sorted(r["status"] for r in runs) == ["completed", "failed"], [r["overrides"] for r in runs]
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")  # the study finished and reported
+    assert best.best_params["optimizer.lr"] == 0.001 and math.isfinite(best.best_value)
