@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -86,13 +87,10 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -109,7 +107,9 @@ def _finish_wandb(exit_code: int) -> None:
 def run(cfg: DictConfig) -> float:
     """Train and record the outcome; a crash is written to results.json as ``failed``.
 
-    In a sweep a failed run returns NaN (the sweep goes on); a single run re-raises.
+    In a sweep a failed run returns NaN (the sweep goes on; an Optuna search gets the
+    exception and marks the trial failed, see ``max_failure_rate`` in experiments/search.yaml);
+    a single run re-raises.
     """
     run_dir = Path(cfg.paths.output_dir)
     start = time.perf_counter()
@@ -123,6 +123,8 @@ def run(cfg: DictConfig) -> float:
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                       train_seconds=time.perf_counter() - start)
         if _multirun():
+            if "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")):
+                raise  # Optuna records the trial as failed; NaN would make its sweeper crash
             return float("nan")
         if isinstance(exc, MsslabError):  # the user's input: the message says it all
             raise SystemExit(f"error: {exc}") from None
