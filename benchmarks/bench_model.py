@@ -11,6 +11,7 @@ in the same run; then the time to separate and to score one default test track.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 def compose_cfg(overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=["logger=none", "paths.output_dir=/tmp/msslab-bench", *overrides])
+        return compose("train", overrides=["logger=none", f"paths.output_dir={tempfile.gettempdir()}", *overrides])
 
 
 def step_seconds(system, batch, steps: int) -> float:
