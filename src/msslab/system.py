@@ -76,13 +76,16 @@ class SeparationSystem(pl.LightningModule):
             out.append(torch.from_numpy(y).permute(3, 2, 1, 0).to(est))
         return torch.stack(out)
 
-    def _step(self, batch):
+    def _step(self, batch, waveforms: bool = False):
+        """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
         mixture, targets = batch
         mixture_spec = self.spectrogram(mixture)
-        masks = self.masks(mixture_spec)
+        estimate_specs = self.masks(mixture_spec) * mixture_spec.unsqueeze(1)
+        estimates = None
+        if waveforms or self.loss.domain == "waveform":
+            estimates = self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
         if self.loss.domain == "spectrogram":
-            return self.loss(masks * mixture_spec.abs().unsqueeze(1), self.spectrogram(targets).abs()), None
-        estimates = self.spectrogram.inverse(masks * mixture_spec.unsqueeze(1), length=mixture.shape[-1])
+            return self.loss(estimate_specs.abs(), self.spectrogram(targets).abs()), estimates
         return self.loss(estimates, targets), estimates
 
     def training_step(self, batch, batch_idx):
@@ -91,9 +94,8 @@ class SeparationSystem(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, estimates = self._step(batch)
-        if estimates is None:
-            estimates = self(batch[0])
+        # One pass gives both the loss and the estimates scored (plain masking, as in training).
+        loss, estimates = self._step(batch, waveforms=True)
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0])
         scores = FAST_METRICS[self.val_metric](estimates, batch[1])  # (B, S)
         for j, target in enumerate(self.targets):

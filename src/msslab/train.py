@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def _choices(cfg: DictConfig) -> dict:
     """Config choices for results and tags; the augmentation list is read off the merged node."""
     choices = run_choices()
-    choices.pop("experiment", None) if choices.get("experiment") is None else None
+    if choices.get("experiment") is None:
+        choices.pop("experiment", None)
     choices["augmentation"] = list(cfg.get("augmentation") or {})
     return choices
 
