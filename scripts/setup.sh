@@ -20,6 +20,12 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   apt_install ffmpeg
 fi
 
+# data=rendered renders MIDI with FluidSynth and the General MIDI soundfont FluidR3_GM.
+if ! command -v fluidsynth >/dev/null 2>&1 || [ ! -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then
+  echo "--- installing fluidsynth and fluid-soundfont-gm"
+  apt_install fluidsynth fluid-soundfont-gm
+fi
+
 # Debian's python3.11 ships without ensurepip unless python3.11-venv is installed.
 if ! "$python" -c "import ensurepip, venv" >/dev/null 2>&1; then
   echo "--- installing ${python}-venv"
