@@ -240,6 +240,8 @@ def main():
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per side (minutes)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: process CPU time, all threads (default, fair on a shared machine); wall: elapsed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: no CPU time is spent spinning in thread pools on a busy machine)")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--songs", type=int, default=40, help="rendered training songs (10%% held out for validation)")
     parser.add_argument("--test-songs", type=int, default=5)
@@ -259,6 +261,7 @@ def main():
     out = Path(args.out or f"outputs/bench_peer/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    torch.set_num_threads(args.threads)
     budget_s = args.budget_minutes * 60
     # Same songs, same test set, same evaluation for every side; loading in this process (counted).
     base = ["experiment=fullband", "logger=none", f"data.nb_train={args.songs}", f"data.nb_test={args.test_songs}",

@@ -154,3 +154,12 @@ def test_missing_fluidsynth_or_soundfont_is_named(tmp_path):
     with pytest.raises(DataError, match=r"data\.soundfont: .*missing\.sf2"):
         render_dataset(RenderSpec(**spec, soundfont=str(tmp_path / "missing.sf2")), tmp_path / "b")
     assert not any((tmp_path / "b").glob("*/song-*"))
+
+
+def test_fullband_recipe_composes_on_rendered_and_musdb18hq(compose_train, tmp_path):
+    cfg = compose_train(["experiment=fullband"], tmp_path)
+    assert cfg.data.train_tracks._target_ == "msslab.data.rendered.RenderedTracks"
+    assert (cfg.data.sample_rate, cfg.stft.n_fft, cfg.stft.max_freq) == (44100, 4096, 16000)
+    assert sorted(cfg.augmentation) == ["channel_swap", "gain"]
+    cfg = compose_train(["experiment=fullband", "data=musdb18hq", "data.root=/data"], tmp_path)
+    assert cfg.data.train_tracks._target_ == "msslab.data.folders.StemFolderTracks" and cfg.data.sample_rate == 44100
