@@ -20,7 +20,7 @@ comparison stays fair on a machine shared with other jobs; ``--clock wall`` uses
 time instead. Install the peer with ``pip install -e ".[peer]"``.
 
     python benchmarks/bench_peer.py --budget-minutes 20          # the issue's budget, per side
-    python benchmarks/bench_peer.py --budget-minutes 5 --sides msslab model.hidden_size=384
+    python benchmarks/bench_peer.py --budget-minutes 5 --sides msslab --reuse outputs/bench_peer/<run> model.hidden_size=384
 """
 
 from __future__ import annotations
@@ -217,6 +217,8 @@ def machine() -> str:
 
 
 def table(results: dict) -> str:
+    if not results:
+        return "(no results)"
     columns = [(name, label) for name, label in (("msslab", "msslab"), ("umx", "Open-Unmix"), ("oracle_irm", "oracle IRM"),
                                                  ("mixture", "mixture")) if name in results]
     sources = next(iter(results.values()))["sources"]
@@ -242,7 +244,8 @@ def main():
                         help="cpu: process CPU time, all threads (default, fair on a shared machine); wall: elapsed")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: no CPU time is spent spinning in thread pools on a busy machine)")
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--sides", default=",".join(SIDES), type=lambda text: [t for t in text.split(",") if t],
+                        help=f"comma-separated, any of {','.join(SIDES)} (default: all; empty: only --reuse's)")
     parser.add_argument("--songs", type=int, default=40, help="rendered training songs (10%% held out for validation)")
     parser.add_argument("--test-songs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of every song")
@@ -254,9 +257,13 @@ def main():
     parser.add_argument("--umx-hop", type=int, default=1024)
     parser.add_argument("--umx-patience", type=int, default=3, help="ReduceLROnPlateau patience in epochs")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/bench_peer/<date_time>)")
-    parser.add_argument("--reuse", default=None, help="a previous run's output folder: show its results of the sides "
-                        "not run now (same data and budget: e.g. try msslab overrides against one Open-Unmix run)")
+    parser.add_argument("--reuse", action="append", default=[], help="a previous run's output folder (repeatable): show "
+                        "its results of the sides not run now (same songs and budget: e.g. msslab overrides against "
+                        "one Open-Unmix run)")
     args = parser.parse_args()
+    unknown = [side for side in args.sides if side not in SIDES]
+    if unknown:
+        parser.error(f"--sides: unknown {unknown}; choose from {list(SIDES)}")
 
     out = Path(args.out or f"outputs/bench_peer/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -276,18 +283,26 @@ def main():
           f"({(render.get('wall_seconds_per_music_minute') or float('nan')):.1f} s per minute of music when rendered)", flush=True)
 
     results = {}
-    if args.reuse:
-        previous = json.loads((Path(args.reuse) / "results.json").read_text())
+    for folder in args.reuse:
+        previous = json.loads((Path(folder) / "results.json").read_text())
         if previous["args"]["budget_minutes"] != args.budget_minutes or previous["render"]["key"] != render["key"]:
-            raise SystemExit(f"error: --reuse {args.reuse} ran another budget or other songs")
+            raise SystemExit(f"error: --reuse {folder} ran another budget or other songs")
         results |= {k: v for k, v in previous["results"].items() if k not in args.sides and not (
             "baselines" in args.sides and k in ("oracle_irm", "mixture"))}
+
+    def save(header: str | None = None):  # after every side, so a stopped run keeps what it measured
+        (out / "results.json").write_text(json.dumps({"args": vars(args), "header": header, "results": results,
+                                                      "render": render}, indent=2, default=str))
+
     if "baselines" in args.sides:
         results |= run_baselines(base, out / "baselines")
+        save()
     if "umx" in args.sides:
         results["umx"] = run_umx(base, args, budget_s, args.clock, out / "umx")
+        save()
     if "msslab" in args.sides:
         results["msslab"] = run_msslab(base, args.overrides, budget_s, args.clock, out / "msslab")
+        save()
     header = (f"budget {args.budget_minutes:g} min of {'process CPU time' if args.clock == 'cpu' else 'wall-clock time'} "
               f"per side; {len(datamodule.train_tracks)} training + {len(datamodule.valid_tracks)} validation + "
               f"{len(datamodule.test_tracks)} test songs of {args.seconds:g} s at {datamodule.sample_rate} Hz; "
@@ -295,8 +310,7 @@ def main():
     text = f"{header}\nmsslab overrides: experiment=fullband {' '.join(args.overrides)}\n\n{table(results)}"
     print(text, flush=True)
     (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "header": header, "results": results,
-                                                  "render": render}, indent=2, default=str))
+    save(header)
     print(f"written: {out / 'table.md'}, {out / 'results.json'}")
 
 
