@@ -307,7 +307,8 @@ def main():
               f"per side; {len(datamodule.train_tracks)} training + {len(datamodule.valid_tracks)} validation + "
               f"{len(datamodule.test_tracks)} test songs of {args.seconds:g} s at {datamodule.sample_rate} Hz; "
               f"{machine()}; benchmark wall time {time.perf_counter() - started:.0f} s")
-    text = f"{header}\nmsslab overrides: experiment=fullband {' '.join(args.overrides)}\n\n{table(results)}"
+    overrides = results["msslab"]["overrides"] if "msslab" in results else args.overrides
+    text = f"{header}\nmsslab: experiment=fullband {' '.join(overrides)}\n\n{table(results)}"
     print(text, flush=True)
     (out / "table.md").write_text(text)
     save(header)
