@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .errors import exit_on_user_error
 from .metric import bsseval
-from .results import results_table, write_results
+from .results import results_table, run_identity, write_results
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -122,14 +122,8 @@ def print_table(sources: dict, title: str) -> str:
 
 
 def run_choices() -> dict:
-    """The config choices of this run (``model``, ``data``, ... and the augmentation list)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    choices = dict(HydraConfig.get().runtime.choices)
-    picked = {k: v for k, v in choices.items() if not k.startswith("hydra") and "/" not in k}
-    return picked
+    """The config-group choices of this run (``model``, ``data``, ...)."""
+    return run_identity()["choices"]
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -154,9 +148,13 @@ def evaluate(cfg: DictConfig) -> dict:
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
-    choices = run_choices()
-    write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
-                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
+    # Named as the run that trained the model (so compare pairs it with that run's seeds and
+    # variants); what this command set (data, metric, separation) is recorded beside it.
+    identity = system.config["run"]
+    extra = {"eval_overrides": run_identity()["overrides"], "identity_from": identity.get("source")} if cfg.ckpt else {}
+    write_results(run_dir, status="completed", choices=identity["choices"], overrides=identity["overrides"],
+                  seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, **extra,
+                  sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
                   eval_seconds=results["eval_seconds"])
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results

@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> dict:
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
-        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=False)["state_dict"])
+        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
