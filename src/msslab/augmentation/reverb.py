@@ -82,7 +82,9 @@ class Reverb:
         wet_level: ``[low, high]`` share of reverberant sound, 0 (dry) to 1 (wet only).
         dry_target: keep the targets dry (the network learns to dereverberate).
         per_source: every source its own position (IR realisation) in the shared
-            room (same RT60, size and wet level); False uses one IR for all.
+            room (same RT60, size and wet level); False uses one IR for all. With
+            ``ir_dir``, a room is a folder: the IRs of all sources come from one
+            (sub)folder of ``ir_dir``, so keep each room's recordings in its own folder.
         early_reflections: discrete early reflections per generated IR channel.
         ir_dir: folder of recorded impulse responses to use instead of generated
             ones (``rt60``, ``room_size`` then do not apply); None generates.
@@ -103,14 +105,16 @@ class Reverb:
         self.dry_target, self.per_source = bool(dry_target), bool(per_source)
         self.early_reflections = int(early_reflections)
         self.folder = AudioFolder(ir_dir, "reverb.ir_dir", cache_size) if ir_dir else None
+        self.rooms = self.folder.groups() if self.folder is not None else []
 
     def impulse_responses(self, count: int, channels: int, sample_rate: int, rng) -> np.ndarray:
         """``count`` IRs of one room, ``(count, channels, frames)`` float32."""
         if self.folder is not None:
             if count == 1:
                 picks = [int(rng.integers(len(self.folder)))]
-            else:
-                picks = [int(i) for i in rng.integers(len(self.folder), size=count)]
+            else:  # positions in one room: IRs of one folder (repeated if it holds fewer than count)
+                room = self.rooms[int(rng.integers(len(self.rooms)))]
+                picks = [room[int(i)] for i in rng.permutation(max(count, len(room)))[:count] % len(room)]
             irs = [prepare_recorded_ir(self.folder.load(i, sample_rate), channels) for i in picks]
             frames = max(ir.shape[1] for ir in irs)
             return np.stack([np.pad(ir, ((0, 0), (0, frames - ir.shape[1]))) for ir in irs])
