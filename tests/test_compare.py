@@ -174,6 +174,10 @@ def test_paired_test_unit():
         assert not same.significant and same.verdict == "not significant" and same.median_diff == 0
         assert paired_test([np.nan], [1.0], method=method).verdict == "no pairs"
     assert paired_test(b, b.copy()).p_value == 1.0
+    # The signed-rank test drops zero differences: n counts the pairs it used.
+    tied = paired_test([1.0, 2.0, 3.0, 5.0, 6.0, 9.0], [1.0, 2.0, 3.0, 4.0, 4.0, 6.0])
+    assert tied.n == 3 and tied.median_diff == pytest.approx(0.5)
+    assert paired_test([1.0, 2.0, 3.0, 5.0, 6.0, 9.0], [1.0, 2.0, 3.0, 4.0, 4.0, 6.0], method="bootstrap").n == 6
     with pytest.raises(CompareError, match="unknown test"):
         paired_test(b, b, method="ttest")
 
