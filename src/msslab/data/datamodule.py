@@ -90,6 +90,12 @@ class TrainChunks(Dataset):
         self._rng, self._rng_seed = None, None
         # Time stretching may need more input than one chunk to fill it.
         self.load_frames = pipeline.input_frames(chunk_frames) if pipeline is not None else chunk_frames
+        # Checked here, before training, against what will be loaded (not just one chunk).
+        for index in range(len(tracks)):
+            if tracks.num_frames(index) < self.load_frames:
+                because = " (data.chunk_seconds x the largest time_stretch.rate)" if self.load_frames > chunk_frames else ""
+                raise DataError(f"track {tracks.name(index)!r} is shorter ({tracks.num_frames(index)} samples) than one "
+                                f"training chunk ({self.load_frames} samples to load{because})")
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
