@@ -106,6 +106,7 @@ class Reverb:
         self.early_reflections = int(early_reflections)
         self.folder = AudioFolder(ir_dir, "reverb.ir_dir", cache_size) if ir_dir else None
         self.rooms = self.folder.groups() if self.folder is not None else []
+        self.parameters: dict = {}
 
     def impulse_responses(self, count: int, channels: int, sample_rate: int, rng) -> np.ndarray:
         """``count`` IRs of one room, ``(count, channels, frames)`` float32."""
@@ -115,14 +116,17 @@ class Reverb:
             else:  # positions in one room: IRs of one folder (repeated if it holds fewer than count)
                 room = self.rooms[int(rng.integers(len(self.rooms)))]
                 picks = [room[int(i)] for i in rng.permutation(max(count, len(room)))[:count] % len(room)]
+            self.parameters["ir_files"] = [self.folder.files[i].name for i in picks]
             irs = [prepare_recorded_ir(self.folder.load(i, sample_rate), channels) for i in picks]
             frames = max(ir.shape[1] for ir in irs)
             return np.stack([np.pad(ir, ((0, 0), (0, frames - ir.shape[1]))) for ir in irs])
         rt60, room = rng.uniform(*self.rt60), rng.uniform(*self.room_size)
+        self.parameters |= {"rt60": float(rt60), "room_size": float(room)}
         return np.stack([synthetic_rir(sample_rate, rt60, room, channels, rng, self.early_reflections)
                          for _ in range(count)])
 
     def __call__(self, sources, mix_only, rng, sample_rate):
+        self.parameters = {}  # what this call drew (read by test conditions)
         if rng.random() >= self.p:
             return sources, mix_only
         channels = {v.shape[0] for v in sources.values()}
@@ -130,6 +134,7 @@ class Reverb:
             raise AugmentationError(f"reverb needs sources with one channel count, got {sorted(channels)}")
         channels = channels.pop()
         wet = np.float32(rng.uniform(*self.wet_level))
+        self.parameters["wet_level"] = float(wet)
         irs = self.impulse_responses(len(sources) if self.per_source else 1, channels, sample_rate, rng)
         dry = stack(sources).reshape(len(sources), channels, -1)
         reverberant = (1 - wet) * dry + wet * convolve(dry, irs)

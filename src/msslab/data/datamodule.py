@@ -230,7 +230,13 @@ class MSSDataModule(pl.LightningDataModule):
         items = rng.choice(len(dataset), size=min(nb_examples, len(dataset)), replace=False)
         return torch.stack([dataset[int(i)][0] for i in items])
 
-    def test_track(self, index: int):
-        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track."""
-        mixture, targets = mix_example(self.test_tracks.load(index), self.groups)
-        return self.test_tracks.name(index), mixture, targets
+    def test_track(self, index: int, condition=None):
+        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track.
+
+        ``condition``: a :class:`msslab.conditions.Condition` perturbing the track (None: as is).
+        """
+        name, sources, noise = self.test_tracks.name(index), self.test_tracks.load(index), None
+        if condition is not None:
+            sources, noise = condition(name, sources)
+        mixture, targets = mix_example(sources, self.groups, noise)
+        return name, mixture, targets
