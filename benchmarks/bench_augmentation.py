@@ -54,7 +54,7 @@ def throughput(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    data = [f"data.train_tracks.nb_tracks={args.tracks}"]
+    data = [f"data.train_tracks.nb_tracks={args.tracks}", f"data.sample_rate={args.sample_rate}"]
     _, dm = datamodule(data)
     chunk_s = dm.chunk_frames / dm.sample_rate
     tracks, groups = dm.train_tracks, dm.groups
@@ -162,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=48, help="examples per throughput row")
     parser.add_argument("--tracks", type=int, default=16, help="synthetic training tracks to generate")
+    parser.add_argument("--sample-rate", type=int, default=44100, help="Hz (the throughput part)")
     parser.add_argument("--steps", type=int, default=20, help="training steps counted per run")
     parser.add_argument("--skip", type=int, default=3, help="first training steps not counted")
     parser.add_argument("--no-training", action="store_true", help="throughput only")

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .augmentation import AugmentationError, check_overrides
+from .augmentation import AugmentationError, check_overrides, stage_names
 from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
 from .logger import build_loggers, log_test_results
@@ -34,7 +34,7 @@ def _choices(cfg: DictConfig) -> dict:
     choices = run_choices()
     if choices.get("experiment") is None:
         choices.pop("experiment", None)
-    choices["augmentation"] = list(cfg.get("augmentation") or {})
+    choices["augmentation"] = stage_names(cfg.get("augmentation"))
     return choices
 
 
