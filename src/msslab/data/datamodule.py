@@ -92,8 +92,9 @@ class TrainChunks(Dataset):
     """``samples_per_track`` random, augmented chunks per track and epoch.
 
     Randomness comes from one generator per worker, seeded from torch's worker seed
-    (which Lightning derives from the global seed, and which changes every epoch),
-    so runs are reproducible while workers and epochs differ.
+    (which Lightning derives from the global seed, and which changes every epoch)
+    and the process's ``rank`` (DDP), so runs are reproducible while workers,
+    processes and epochs differ.
 
     With a ``device_augmentation`` an item is ``{"sources": (S, C, loaded samples),
     "params": the example's drawn augmentation parameters}`` instead: the stages
@@ -102,8 +103,8 @@ class TrainChunks(Dataset):
 
     def __init__(self, tracks: TrackSet, groups, chunk_frames: int, samples_per_track: int, seed: int,
                  pipeline=None, silent_db: float | None = None, max_redraws: int = 10,
-                 device_augmentation: DeviceAugmentation | None = None):
-        self.tracks, self.groups, self.chunk_frames = tracks, groups, chunk_frames
+                 device_augmentation: DeviceAugmentation | None = None, rank: int = 0):
+        self.tracks, self.groups, self.chunk_frames, self.rank = tracks, groups, chunk_frames, rank
         self.samples_per_track, self.seed, self.pipeline = samples_per_track, seed, pipeline
         self.device_augmentation = device_augmentation
         self.silent_db, self.max_redraws = silent_db, max_redraws
@@ -118,7 +119,8 @@ class TrainChunks(Dataset):
         info = get_worker_info()
         seed = info.seed if info is not None else self.seed
         if self._rng_seed != seed:
-            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+            # The rank too: every DDP process gets the same seeds, and must draw other chunks.
+            self._rng, self._rng_seed = np.random.default_rng([seed, self.rank] if self.rank else seed), seed
         return self._rng
 
     def _offset(self, index: int, rng) -> int:
@@ -232,7 +234,8 @@ class MSSDataModule(pl.LightningDataModule):
             self._prepared = True
         self.train_set = TrainChunks(self.train_tracks, self.groups, self.chunk_frames, self.samples_per_track,
                                      self.seed, self.pipeline, self.silent_target_db,
-                                     device_augmentation=self.device_augmentation)
+                                     device_augmentation=self.device_augmentation,
+                                     rank=self.trainer.global_rank if self.trainer is not None else 0)
         self.valid_set = FixedChunks(self.valid_tracks, self.groups, self.valid_chunk_frames, self.valid_max_chunks)
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
