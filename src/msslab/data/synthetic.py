@@ -241,6 +241,8 @@ def generate_track(seed: int, seconds: float, sample_rate: int, noise_floor_db: 
     return stems
 
 
+# Below this many samples to render (about 2 s of work), one process does it (workers: null).
+PARALLEL_MIN_FRAMES = 4_000_000
 # Part of every cache key: a change to this file (the generator) makes new tracks.
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -288,7 +290,8 @@ class SyntheticTracks(TrackSet):
             :func:`track_key`); None: the user's cache folder (:func:`default_cache_dir`);
             False: no cache, render in memory.
         workers: processes that render the missing tracks in :meth:`prepare`
-            (None: one per CPU core; 0 or 1: in this process).
+            (None: one per CPU core, or this process when there is little to render;
+            0 or 1: in this process).
     """
 
     sources = SOURCES
@@ -367,7 +370,12 @@ class SyntheticTracks(TrackSet):
         missing = [i for i in range(len(self)) if i not in self._cache and not self._read_cached(i)]
         if not missing:
             return
-        workers = min(os.cpu_count() or 1, len(missing)) if self.workers is None else min(self.workers, len(missing))
+        if self.workers is not None:
+            workers = min(self.workers, len(missing))
+        elif len(missing) * self.num_frames(0) < PARALLEL_MIN_FRAMES:  # starting processes would cost more
+            workers = 1
+        else:
+            workers = min(os.cpu_count() or 1, len(missing))
         progress = tqdm(total=len(missing), desc=f"rendering {self.split} tracks", unit="track", disable=None)
         with progress:
             if workers <= 1:
