@@ -7,7 +7,7 @@ piece) delayed by ``latency_samples``, for any block size:
 
 - framing: the offline STFT is centred with reflect padding. The stream builds the same
   padding: at the start once it holds ``n_fft // 2 + 1`` samples, at the end in ``flush``
-  (inputs shorter than ``n_fft`` are zero-extended to ``n_fft``, as offline separation does);
+  (inputs too short to reflect are zero-extended to ``n_fft``, as offline separation does);
 - the RNN hidden state is carried from frame to frame (``RNNSeparator.step``); every other
   layer works frame by frame with statistics fixed at training time, so nothing looks at
   the future or at whole-signal statistics;
@@ -125,7 +125,7 @@ class Streamer:
         Of the type of the last block (numpy when none was given); the streamer is then ready for a new stream.
         """
         length = self._received
-        if length < self.n_fft:  # as offline separation does with inputs shorter than one window
+        if length <= self.n_fft // 2:  # too short to reflect: zero-extended, as offline separation does
             self._feed(torch.zeros(self.nb_channels, self.n_fft - length, device=self.system.device))
         # The offline STFT's reflect padding at the end: the samples before the last one, mirrored.
         half = self.n_fft // 2
@@ -203,3 +203,83 @@ class Streamer:
         if numpy:
             out = out.cpu().numpy()
         return dict(zip(self.targets, out))
+
+
+def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float) -> list[Path]:
+    """``msslab-separate streaming=true``: separate each file block by block with a :class:`Streamer`.
+
+    ``plan`` maps each input file to ``{target: output path}``. Files are read and written
+    in blocks of ``block_ms`` milliseconds (memory does not grow with their length); each
+    output has its input's sample rate, channel count and length (the stream's latency is
+    dropped from its start). An output is written under a temporary name and renamed when
+    complete. Returns the written files.
+    """
+    streamer = Streamer(system, device=system.device)
+    if not block_ms > 0:
+        raise StreamingError(f"block_ms must be positive, got {block_ms}")
+    infos = {path: _stream_info(path, streamer) for path in plan}  # fail on a bad input before writing anything
+    written = []
+    for path, outputs in plan.items():
+        info = infos[path]
+        block = max(1, round(block_ms * info.samplerate / 1000))
+        _stream_file(streamer, path, outputs, info, block)
+        written.extend(outputs.values())
+        log.info("%s -> %s (streamed in blocks of %d samples)", path, next(iter(outputs.values())).parent, block)
+        print(f"{path}: {', '.join(str(p) for p in outputs.values())}", flush=True)
+    return written
+
+
+def _stream_info(path: Path, streamer: Streamer):
+    if not path.is_file():
+        raise AudioFileError(f"input: {path} does not exist")
+    try:
+        info = sf.info(path)
+    except Exception as exc:
+        raise AudioFileError(f"input: {path} is not a readable audio file ({exc})") from None
+    if info.frames == 0:
+        raise AudioFileError(f"input: {path} holds no samples")
+    if info.samplerate != streamer.sample_rate:
+        raise AudioFileError(f"input: {path} is at {info.samplerate} Hz but the model streams at "
+                             f"{streamer.sample_rate} Hz; resample the file first or use streaming=false")
+    return info
+
+
+def _stream_file(streamer: Streamer, path: Path, outputs: dict[str, Path], info, block: int) -> None:
+    channels = info.channels
+    temporary = {t: out.with_name(f".{out.stem}.partial{out.suffix}") for t, out in outputs.items()}
+    to_skip = streamer.latency_samples  # the stream starts with this much silence
+    writers = {}
+    try:
+        for target, tmp in temporary.items():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            writers[target] = sf.SoundFile(tmp, "w", samplerate=info.samplerate, channels=channels, subtype="FLOAT",
+                                           format="WAV")
+
+        def write(estimates: dict) -> None:
+            nonlocal to_skip
+            skip = min(to_skip, next(iter(estimates.values())).shape[-1])
+            to_skip -= skip
+            for target, estimate in estimates.items():
+                if channels != streamer.nb_channels:  # back to the file's channels, as offline separation does
+                    estimate = np.repeat(estimate.mean(0, keepdims=True), channels, axis=0)
+                writers[target].write(estimate[:, skip:].T)
+
+        with sf.SoundFile(path) as source:
+            for audio in source.blocks(blocksize=block, dtype="float32", always_2d=True):
+                if not np.isfinite(audio).all():
+                    raise AudioFileError(f"input: {path} contains NaN or infinite samples")
+                mixture = audio.T
+                if channels != streamer.nb_channels:  # mono in a stereo model: duplicate; more channels: downmix
+                    mixture = np.repeat(mixture.mean(0, keepdims=True), streamer.nb_channels, axis=0)
+                write(streamer.process(mixture))
+        write(streamer.flush())
+        for writer in writers.values():
+            writer.close()
+        for target, tmp in temporary.items():
+            os.replace(tmp, outputs[target])
+    finally:
+        streamer.reset()
+        for writer in writers.values():
+            writer.close()
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
