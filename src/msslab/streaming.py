@@ -78,6 +78,7 @@ class Streamer:
         self.sample_rate = self.spectrogram.sample_rate
         self.nb_channels = model.nb_channels
         self.n_fft, self.hop = self.spectrogram.n_fft, self.spectrogram.hop_length
+        self._envelopes = {}
         self.reset()
 
     @property
@@ -109,7 +110,7 @@ class Streamer:
         # Finished output not yet returned; it starts with the latency as silence.
         self._ready = torch.zeros(nb_targets, channels, self.latency_samples, device=device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def process(self, block) -> dict:
         """``(channels, samples)`` -> ``{target: (channels, samples)}``, the separation delayed by ``latency_samples``."""
         x = self._as_tensor(block)
@@ -118,7 +119,7 @@ class Streamer:
         self._numpy = not isinstance(block, torch.Tensor)
         return self._emit(x.shape[-1], numpy=self._numpy)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def flush(self) -> dict:
         """End the stream -> ``{target: (channels, latency_samples)}``, the separation's last samples.
 
@@ -169,10 +170,16 @@ class Streamer:
         count = (available - n_fft) // hop + 1
         span = (count - 1) * hop + n_fft
         spec = self.spectrogram.frames(self._padded[:, start: start + span])[None]  # (1, C, F, count)
-        masks, self._rnn_state = self.system.model.step(spec.abs(), self._rnn_state)
+        # oneDNN's RNN costs about 10 ms of set-up per call on a CPU, ten times ATen's kernel for a few frames.
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            masks, self._rnn_state = self.system.model.step(spec.abs(), self._rnn_state)
+        finally:
+            torch.backends.mkldnn.enabled = onednn
         frames = self.spectrogram.inverse_frames((masks * spec.unsqueeze(1))[0])  # (S, C, n_fft, count)
         sums = self._overlap_add(frames, span)
-        envelope = self._overlap_add(self.spectrogram.window.square()[:, None].expand(n_fft, count), span)
+        envelope = self._envelope(count)
         sums[..., : n_fft - hop] += self._carry
         envelope[: n_fft - hop] += self._carry_envelope
         done = count * hop
@@ -183,6 +190,13 @@ class Streamer:
         keep_from = min(self._next_frame * hop, self._padded_start + self._padded.shape[-1] - n_fft)
         self._padded = self._padded[:, keep_from - self._padded_start:]
         self._padded_start = keep_from
+
+    def _envelope(self, count: int) -> torch.Tensor:
+        """Overlap-add of the squared window over ``count`` frames (a fresh tensor: the caller adds to it)."""
+        if count not in self._envelopes:
+            square = self.spectrogram.window.square()[:, None].expand(self.n_fft, count)
+            self._envelopes = {count: self._overlap_add(square, (count - 1) * self.hop + self.n_fft)}  # one size cached
+        return self._envelopes[count].clone()
 
     def _overlap_add(self, frames: torch.Tensor, span: int) -> torch.Tensor:
         """``(..., n_fft, frames)`` -> ``(..., span)``: the frames summed at their hop positions."""
