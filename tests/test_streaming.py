@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 from hydra import compose, initialize_config_dir
 
 from msslab.streaming import Streamer, StreamingError
@@ -127,23 +128,37 @@ def test_separate_refuses_a_bidirectional_checkpoint(tmp_path):
 
 
 def test_separate_streaming_writes_the_offline_separation(cli, tmp_path):
+    """Stereo at another rate (resampled in blocks both ways) and mono at the model's rate, odd lengths."""
     causal = save_checkpoint(tiny_system("lstm"), tmp_path / "causal.ckpt")
     rng = np.random.default_rng(3)
-    songs = {"stereo": (0.3 * rng.standard_normal((3001, 2))).astype(np.float32),
-             "mono": (0.3 * rng.standard_normal((1234, 1))).astype(np.float32)}
-    for name, audio in songs.items():
-        sf.write(tmp_path / f"{name}.wav", audio, RATE, subtype="FLOAT")
+    songs = {"stereo": ((0.3 * rng.standard_normal((3001, 2))).astype(np.float32), 11025),
+             "mono": ((0.3 * rng.standard_normal((1234, 1))).astype(np.float32), RATE)}
+    for name, (audio, rate) in songs.items():
+        sf.write(tmp_path / f"{name}.wav", audio, rate, subtype="FLOAT")
     result = cli.run("msslab-separate", f"ckpt={causal}", f"input=[{tmp_path / 'stereo.wav'},{tmp_path / 'mono.wav'}]",
                      f"output={tmp_path / 'out'}", "streaming=true", "block_ms=2.3")
     assert result.returncode == 0, result.tail()
 
     system = tiny_system("lstm")
-    for name, audio in songs.items():
-        expected = offline(system, np.repeat(audio.T.mean(0, keepdims=True), 2, 0) if name == "mono" else audio.T)
+    for name, (audio, rate) in songs.items():
+        mixture = torch.from_numpy(audio.T).mean(0, keepdim=True).expand(2, -1) if name == "mono" else torch.from_numpy(audio.T)
+        expected = torch.from_numpy(offline(system, AF.resample(mixture, rate, RATE).numpy()))
+        expected = AF.resample(expected, RATE, rate)
+        expected = torch.nn.functional.pad(expected, (0, max(0, len(audio) - expected.shape[-1])))[..., : len(audio)]
         folder = tmp_path / "out" / name
         assert sorted(p.name for p in folder.iterdir()) == sorted(f"{t}.wav" for t in TARGETS)  # no partial files
-        for target, estimate in zip(TARGETS, expected):
-            written, rate = sf.read(folder / f"{target}.wav", dtype="float32", always_2d=True)
-            assert rate == RATE and written.shape == audio.shape
+        for target, estimate in zip(TARGETS, expected.numpy()):
+            written, written_rate = sf.read(folder / f"{target}.wav", dtype="float32", always_2d=True)
+            assert written_rate == rate and written.shape == audio.shape
             reference = estimate.mean(0, keepdims=True) if name == "mono" else estimate
             np.testing.assert_allclose(written.T, reference, atol=1e-4, rtol=0)
+
+
+def test_resampler_in_blocks_equals_whole_signal():
+    from msslab.streaming import StreamResampler
+
+    x = torch.randn(2, 1001)
+    for orig, new in [(11025, 8000), (8000, 44100)]:
+        resampler = StreamResampler(orig, new, channels=2)
+        blocks = [resampler.process(x[:, i: i + 37]) for i in range(0, x.shape[-1], 37)] + [resampler.finish()]
+        torch.testing.assert_close(torch.cat(blocks, -1), AF.resample(x, orig, new), atol=1e-4, rtol=0)

@@ -23,6 +23,7 @@ was given. ``flush`` returns the last ``latency_samples`` samples: the stream of
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+import torchaudio
 
 from .errors import AudioFileError, MsslabError
 from .system import load_checkpoint
@@ -231,7 +233,7 @@ def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float) -> 
     streamer = Streamer(system, device=system.device)
     if not block_ms > 0:
         raise StreamingError(f"block_ms must be positive, got {block_ms}")
-    infos = {path: _stream_info(path, streamer) for path in plan}  # fail on a bad input before writing anything
+    infos = {path: _stream_info(path) for path in plan}  # fail on a bad input before writing anything
     written = []
     for path, outputs in plan.items():
         info = infos[path]
@@ -243,7 +245,7 @@ def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float) -> 
     return written
 
 
-def _stream_info(path: Path, streamer: Streamer):
+def _stream_info(path: Path):
     if not path.is_file():
         raise AudioFileError(f"input: {path} does not exist")
     try:
@@ -252,41 +254,101 @@ def _stream_info(path: Path, streamer: Streamer):
         raise AudioFileError(f"input: {path} is not a readable audio file ({exc})") from None
     if info.frames == 0:
         raise AudioFileError(f"input: {path} holds no samples")
-    if info.samplerate != streamer.sample_rate:
-        raise AudioFileError(f"input: {path} is at {info.samplerate} Hz but the model streams at "
-                             f"{streamer.sample_rate} Hz; resample the file first or use streaming=false")
     return info
 
 
+class StreamResampler:
+    """torchaudio's sinc resampling (``torchaudio.functional.resample`` with its defaults), block by block.
+
+    The outputs of ``process`` followed by that of ``finish`` are the resampling of the
+    whole signal at once: the same kernel applied at the same positions, with the same
+    zeros beyond both ends. Holds back about one kernel width of input (``lowpass_filter_width``
+    zero crossings, 6 by default: under 1 ms at 8 kHz and above).
+    """
+
+    def __init__(self, orig_freq: int, new_freq: int, channels: int):
+        transform = torchaudio.transforms.Resample(orig_freq, new_freq)
+        self.kernel, self.width = transform.kernel, transform.width  # (new, 1, 2 * width + orig), zeros each side
+        divisor = math.gcd(orig_freq, new_freq)
+        self.orig, self.new = orig_freq // divisor, new_freq // divisor
+        self._buffer = torch.zeros(channels, self.width)  # the whole-signal resampler's leading zeros
+        self._received = self._produced = 0
+
+    def process(self, x: torch.Tensor) -> torch.Tensor:
+        """``(channels, samples)`` at ``orig_freq`` -> ``(channels, samples')`` at ``new_freq``, as far as known."""
+        self._received += x.shape[-1]
+        self._buffer = torch.cat([self._buffer, x], dim=-1)
+        size = self.kernel.shape[-1]
+        if self._buffer.shape[-1] < size:
+            return self._buffer[:, :0]
+        groups = (self._buffer.shape[-1] - size) // self.orig + 1  # each: `orig` samples in, `new` out
+        y = F.conv1d(self._buffer[:, None, : (groups - 1) * self.orig + size], self.kernel, stride=self.orig)
+        self._buffer = self._buffer[:, groups * self.orig:]
+        y = y.transpose(1, 2).reshape(x.shape[0], -1)
+        self._produced += y.shape[-1]
+        return y
+
+    def finish(self) -> torch.Tensor:
+        """The rest of the output: ``ceil(samples * new_freq / orig_freq)`` in all, as the whole-signal resampling."""
+        channels = self._buffer.shape[0]
+        total = math.ceil(self.new * self._received / self.orig)
+        produced = self._produced
+        y = self.process(torch.zeros(channels, self.width + self.orig))
+        return y[:, : max(0, total - produced)]
+
+
 def _stream_file(streamer: Streamer, path: Path, outputs: dict[str, Path], info, block: int) -> None:
-    channels = info.channels
+    """Read, resample, stream, resample back and write in blocks; the outputs appear complete or not at all."""
+    channels, rate, length = info.channels, info.samplerate, info.frames
+    model_channels, model_rate = streamer.nb_channels, streamer.sample_rate
+    nb_targets = len(streamer.targets)
+    resample_in = StreamResampler(rate, model_rate, model_channels) if rate != model_rate else None
+    resample_out = StreamResampler(model_rate, rate, nb_targets * model_channels) if rate != model_rate else None
     temporary = {t: out.with_name(f".{out.stem}.partial{out.suffix}") for t, out in outputs.items()}
-    to_skip = streamer.latency_samples  # the stream starts with this much silence
+    to_skip = streamer.latency_samples  # the stream starts with this much silence (at the model's rate)
+    written = 0
     writers = {}
+
+    def write(estimates: torch.Tensor, last: bool = False) -> None:
+        """``(targets, model channels, samples)`` at the model's rate, the stream's next samples."""
+        nonlocal to_skip, written
+        skip = min(to_skip, estimates.shape[-1])
+        to_skip -= skip
+        estimates = estimates[..., skip:]
+        if resample_out is not None:
+            flat = estimates.reshape(nb_targets * model_channels, -1)
+            flat = torch.cat([resample_out.process(flat), resample_out.finish()], -1) if last else resample_out.process(flat)
+            estimates = flat.reshape(nb_targets, model_channels, -1)
+        if last:  # the input's length exactly, as offline separation gives
+            estimates = F.pad(estimates, (0, max(0, length - written - estimates.shape[-1])))
+        estimates = estimates[..., : length - written]
+        if channels != model_channels:  # back to the file's channels, as offline separation does
+            estimates = estimates.mean(1, keepdim=True).expand(-1, channels, -1)
+        for target, estimate in zip(streamer.targets, estimates.numpy()):
+            writers[target].write(estimate.T)
+        written += estimates.shape[-1]
+
+    def separate(mixture: torch.Tensor) -> torch.Tensor:
+        """``(model channels, samples)`` at the model's rate -> the stream's ``(targets, model channels, samples)``."""
+        pieces = streamer.process(mixture)
+        return torch.stack([pieces[t] for t in streamer.targets]).cpu()
+
     try:
         for target, tmp in temporary.items():
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            writers[target] = sf.SoundFile(tmp, "w", samplerate=info.samplerate, channels=channels, subtype="FLOAT",
-                                           format="WAV")
-
-        def write(estimates: dict) -> None:
-            nonlocal to_skip
-            skip = min(to_skip, next(iter(estimates.values())).shape[-1])
-            to_skip -= skip
-            for target, estimate in estimates.items():
-                if channels != streamer.nb_channels:  # back to the file's channels, as offline separation does
-                    estimate = np.repeat(estimate.mean(0, keepdims=True), channels, axis=0)
-                writers[target].write(estimate[:, skip:].T)
-
+            writers[target] = sf.SoundFile(tmp, "w", samplerate=rate, channels=channels, subtype="FLOAT", format="WAV")
         with sf.SoundFile(path) as source:
             for audio in source.blocks(blocksize=block, dtype="float32", always_2d=True):
                 if not np.isfinite(audio).all():
                     raise AudioFileError(f"input: {path} contains NaN or infinite samples")
-                mixture = audio.T
-                if channels != streamer.nb_channels:  # mono in a stereo model: duplicate; more channels: downmix
-                    mixture = np.repeat(mixture.mean(0, keepdims=True), streamer.nb_channels, axis=0)
-                write(streamer.process(mixture))
-        write(streamer.flush())
+                mixture = torch.from_numpy(audio.T)
+                if channels != model_channels:  # mono in a stereo model: duplicate; more channels: downmix
+                    mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
+                write(separate(resample_in.process(mixture) if resample_in is not None else mixture))
+        tail = separate(resample_in.finish()) if resample_in is not None else None
+        end = streamer.flush()
+        end = torch.stack([end[t] for t in streamer.targets]).cpu()
+        write(end if tail is None else torch.cat([tail, end], -1), last=True)
         for writer in writers.values():
             writer.close()
         for target, tmp in temporary.items():
