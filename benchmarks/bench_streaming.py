@@ -15,6 +15,7 @@ cost without the time spent waiting for a core.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.seconds:g} s streamed per row")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.seconds:g} s streamed per row, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     print(f"{'preset':11s} {'rate Hz':>7s} {'n_fft':>5s} {'hop':>5s} {'latency ms':>10s} {'block':>6s} {'block ms':>8s} "
           f"{'RTF':>7s} {'RTF p99':>7s} {'x hop':>6s} {'CPU RTF':>7s}")
     for name in args.presets:
@@ -85,6 +87,7 @@ def main():
             baseline = baseline or mean
             print(f"{name:11s} {rate:7d} {streamer.n_fft:5d} {hop:5d} {streamer.latency_ms:10.1f} {block:6d} "
                   f"{1000 * block / rate:8.1f} {mean:7.3f} {p99:7.3f} {mean / baseline:6.2f} {cpu:7.3f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":
