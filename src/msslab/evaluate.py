@@ -1,4 +1,4 @@
-"""Test-set evaluation: separate whole tracks, score them with museval, write results.
+"""Test-set evaluation: separate whole tracks, score them with BSSEval v4, write results.
 
 ``msslab-eval ckpt=PATH`` scores a checkpoint; ``msslab-eval model=oracle_irm``
 scores the ideal ratio mask and ``model=mixture`` the mixture as every estimate
@@ -9,13 +9,10 @@ and ``results.json`` into the run directory and print the table.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
@@ -68,10 +65,12 @@ def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_f
 
 
 def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None) -> dict:
-    """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example"}``.
+    """Separate and score every test track.
 
-    Separation runs in this process; museval (the slow part) runs in ``metric_cfg.n_jobs``
-    worker processes while the next tracks are separated.
+    Returns ``{"sources", "tracks", "tracks_scored", "metric", "eval_seconds", "example"}``.
+    BSSEval runs with ``metric_cfg.backend`` (``torch`` on ``metric_cfg.device``, default the
+    model's device; ``museval`` in ``metric_cfg.n_jobs`` worker processes while the next
+    tracks are separated), see :class:`msslab.metric.bsseval.TrackScorer`.
     """
     start_time = time.perf_counter()
     system.eval()
@@ -79,19 +78,9 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
     nb = len(tracks) if nb_tracks is None else min(nb_tracks, len(tracks))
     sr = datamodule.sample_rate
     chunk, overlap = int(separation_cfg.chunk_seconds * sr), int(separation_cfg.overlap_seconds * sr)
-    n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
-    kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
-    museval_dir = Path(run_dir) / "museval"
-    track_medians, example = {}, None
-
-    def collect(result):
-        bsseval.write_track_json(result, museval_dir)
-        track_medians[result["name"]] = result["medians"]
-
-    pool = ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) if n_jobs > 1 else None
-    pending = []
-    try:
-        for i in tqdm(range(nb), desc="separating + museval", unit="track"):
+    example = None
+    with bsseval.TrackScorer(system.targets, sr, metric_cfg, system.device, Path(run_dir) / "museval") as scorer:
+        for i in tqdm(range(nb), desc="separating + BSSEval", unit="track"):
             name, mixture, targets = datamodule.test_track(i)
             true = targets if system.needs_targets else None
             estimates = separate_chunked(system, mixture.to(system.device), chunk, overlap,
@@ -99,20 +88,9 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
             if example is None:
                 example = {"name": name, "sample_rate": sr, "mixture": mixture.numpy(),
                            "estimates": {t: e.numpy() for t, e in zip(system.targets, estimates)}}
-            refs, ests = targets.permute(0, 2, 1).numpy(), estimates.permute(0, 2, 1).numpy()
-            if pool is None:
-                collect(bsseval.score_track(name, system.targets, refs, ests, **kwargs))
-                continue
-            pending.append(pool.submit(bsseval.score_track, name, system.targets, refs, ests, **kwargs))
-            while len(pending) >= 2 * n_jobs:  # bound the memory held by queued tracks
-                collect(pending.pop(0).result())
-        for future in pending:
-            collect(future.result())
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return {"sources": bsseval.aggregate(track_medians), "tracks": track_medians,
-            "eval_seconds": time.perf_counter() - start_time, "example": example}
+            scorer.add(name, targets, estimates)
+        scores = scorer.summary()
+    return scores | {"eval_seconds": time.perf_counter() - start_time, "example": example}
 
 
 def print_table(sources: dict, title: str) -> str:
@@ -156,9 +134,10 @@ def evaluate(cfg: DictConfig) -> dict:
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
     choices = run_choices()
     write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
-                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
+                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"],
+                  tracks_scored=results["tracks_scored"], metric=results["metric"], train_seconds=0.0,
                   eval_seconds=results["eval_seconds"])
-    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
+    print_table(results["sources"], f"BSSEval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results
 
 

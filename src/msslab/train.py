@@ -72,7 +72,8 @@ def train(cfg: DictConfig) -> dict:
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
+                  metric=results["metric"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
