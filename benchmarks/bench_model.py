@@ -79,7 +79,7 @@ def main():
     separate_s = time.perf_counter() - start
     start = time.perf_counter()
     bsseval.score_track(track, system.targets, targets.permute(0, 2, 1).numpy(), estimates.permute(0, 2, 1).numpy(),
-                        datamodule.sample_rate)
+                        datamodule.sample_rate, backend="museval")
     museval_s = time.perf_counter() - start
     print(f"one test track ({seconds_audio:.0f} s, {len(system.targets)} targets): separate {separate_s:.2f} s, "
           f"museval {museval_s:.2f} s ({museval_s / separate_s:.0f}x separation)")

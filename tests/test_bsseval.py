@@ -268,3 +268,34 @@ def test_backends_agree_through_score_track_and_largest_difference():
     assert bsseval.largest_difference(a["values"], shifted)["max_abs_diff_db"] == pytest.approx(0.5, abs=0.02)
     with pytest.raises(ValueError, match="metric.backend"):
         bsseval.score_track("song", ["a", "b"], refs, ests, sr, backend="mir_eval")
+
+
+def test_track_scorer_crosscheck_and_summary(tmp_path):
+    from omegaconf import OmegaConf
+
+    rng = np.random.default_rng(14)
+    sr = 8000
+    cfg = OmegaConf.create({"backend": "torch", "device": None, "crosscheck": 1, "win_seconds": 1.0,
+                            "hop_seconds": 1.0, "n_jobs": 1})
+    with bsseval.TrackScorer(["vocals", "drums"], sr, cfg, "cpu", tmp_path / "museval") as scorer:
+        for name in ("a", "b"):
+            refs = torch.from_numpy(coloured(rng, (2, 2, int(2.5 * sr))))  # (targets, channels, samples)
+            ests = refs + 0.2 * refs.flip(0) + 0.01 * torch.randn(refs.shape, dtype=torch.float64)
+            if name == "b":
+                refs[1] = 0  # drums silent in track b
+            scorer.add(name, refs, ests)
+        summary = scorer.summary()
+    assert summary["metric"]["backend"] == "torch" and summary["metric"]["device"] == "cpu"
+    check = summary["metric"]["crosscheck"]
+    assert check["tracks"] == 1 and check["pattern_mismatches"] == 0 and check["max_abs_diff_db"] <= TOLERANCE_DB
+    assert summary["tracks_scored"] == {"vocals": 2, "drums": 1}
+    assert sorted(p.name for p in (tmp_path / "museval").glob("*.json")) == ["a.json", "b.json"]
+    with pytest.raises(ValueError, match="metric.backend"):
+        bsseval.TrackScorer(["vocals"], sr, OmegaConf.merge(cfg, {"backend": "bsseval"}), "cpu", tmp_path)
+
+
+def test_training_run_records_the_backend_and_tracks_scored(smoke_run):
+    results = json.loads((smoke_run.run_dir / "results.json").read_text())
+    assert results["metric"]["backend"] == "torch"
+    assert set(results["tracks_scored"]) == set(results["sources"])
+    assert all(0 < n <= len(results["tracks"]) for n in results["tracks_scored"].values())
