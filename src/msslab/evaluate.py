@@ -118,7 +118,7 @@ def evaluate_conditions(system, datamodule, run_dir: Path, cfg) -> dict:
     return {"sources": main["sources"], "tracks": main["tracks"], "example": main["example"],
             "tracks_scored": main["tracks_scored"], "metric": main["metric"],
             "eval_seconds": sum(r["eval_seconds"] for r in scored.values()),
-            "conditions": {name: {"sources": r["sources"], "tracks": r["tracks"], "tracks_scored": r["tracks_scored"],
+            "conditions": {name: {"sources": r["sources"], "tracks": r["tracks"],
                                   "parameters": conditions[name].parameters} for name, r in scored.items()}}
 
 
