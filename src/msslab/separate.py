@@ -82,7 +82,7 @@ def separate(cfg: DictConfig) -> list[Path]:
     if cfg.streaming:  # block by block with a causal model (msslab.streaming)
         from .streaming import stream_files
 
-        return stream_files(system, plan, cfg.block_ms)
+        return stream_files(system, plan, cfg.block_ms, cfg.wiener_context_ms)
     audio = {path: read_audio(path) for path in inputs}  # fail on a bad input before writing anything
     written = []
     for path, (samples, rate) in audio.items():
