@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .augmentation import AugmentationError, check_overrides, stage_names
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
+from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
 from .logger import build_loggers, log_test_results
 from .results import write_results
 from .system import build_system, covers_mixture
@@ -71,11 +71,12 @@ def train(cfg: DictConfig) -> dict | None:
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
-        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=False)["state_dict"])
+        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
     best_score = checkpoint.best_model_score if checkpoint is not None else None
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    results = evaluate_conditions(system, datamodule, run_dir, cfg)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
+                  train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
@@ -85,6 +86,7 @@ def train(cfg: DictConfig) -> dict | None:
     log_test_results(loggers, results, results["example"])
     for logger in loggers:
         logger.finalize("success")
+    print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks "
                                     f"(trained {train_seconds:.0f} s, evaluated {results['eval_seconds']:.0f} s), run {run_dir}")
     return record

@@ -136,6 +136,10 @@ class AugmentationPipeline:
             assert v.shape == shapes[k] and v.dtype == np.float32, (k, v.shape, v.dtype)
         return sources, mix_only
 
+    def drawn(self) -> dict:
+        """``{stage: {parameter: value}}`` of the last call, for the stages that record their draws."""
+        return {name: dict(stage.parameters) for name, stage in self.stages if getattr(stage, "parameters", None)}
+
     def __repr__(self) -> str:
         return f"AugmentationPipeline({', '.join(self.names)}; sample_rate={self.sample_rate})"
 

@@ -111,6 +111,12 @@ class TrainChunks(Dataset):
         self._rng, self._rng_seed = None, None
         # Time stretching may need more input than one chunk to fill it.
         self.load_frames = pipeline.input_frames(chunk_frames) if pipeline is not None else chunk_frames
+        # Checked here, before training, against what will be loaded (not just one chunk).
+        for index in range(len(tracks)):
+            if tracks.num_frames(index) < self.load_frames:
+                because = " (data.chunk_seconds x the largest time_stretch.rate)" if self.load_frames > chunk_frames else ""
+                raise DataError(f"track {tracks.name(index)!r} is shorter ({tracks.num_frames(index)} samples) than one "
+                                f"training chunk ({self.load_frames} samples to load{because})")
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
@@ -264,7 +270,13 @@ class MSSDataModule(pl.LightningDataModule):
         items = rng.choice(len(dataset), size=min(nb_examples, len(dataset)), replace=False)
         return torch.stack([dataset[int(i)][0] for i in items])
 
-    def test_track(self, index: int):
-        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track."""
-        mixture, targets = mix_example(self.test_tracks.load(index), self.groups)
-        return self.test_tracks.name(index), mixture, targets
+    def test_track(self, index: int, condition=None):
+        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track.
+
+        ``condition``: a :class:`msslab.conditions.Condition` perturbing the track (None: as is).
+        """
+        name, sources, noise = self.test_tracks.name(index), self.test_tracks.load(index), None
+        if condition is not None:
+            sources, noise = condition(name, sources)
+        mixture, targets = mix_example(sources, self.groups, noise)
+        return name, mixture, targets
