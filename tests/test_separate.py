@@ -18,7 +18,7 @@ from msslab.data.synthetic import generate_track
 SOURCES = ["vocals", "drums", "bass", "other"]
 RATE = 11025
 SECONDS = 2.7
-CHUNKING = ["chunk_seconds=1.0", "overlap_seconds=0.25"]
+CHUNKING = ["separation.chunk_seconds=1.0", "separation.overlap_seconds=0.25"]
 
 
 def song(seed: int, channels: int) -> np.ndarray:

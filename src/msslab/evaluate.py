@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from .errors import exit_on_user_error
+from .inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
 from .results import results_table, write_results
 
@@ -28,57 +29,21 @@ log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-@torch.no_grad()
-def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_frames: int,
-                     targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Separate a long mixture ``(C, T)`` in overlapping chunks -> ``(S, C, T)``.
-
-    Chunks are all ``chunk_frames`` long (the last one is aligned to the end), and
-    neighbours are cross-faded over ``overlap_frames`` (0: hard cuts), so memory is
-    bounded by the chunk size whatever the length. ``targets`` ``(S, C, T)`` is
-    passed chunk by chunk to models that need it (the oracle).
-    """
-    length = mixture.shape[-1]
-    shortest = system.spectrogram.n_fft  # the STFT's reflect padding needs this much signal
-    if length < shortest:
-        pad = (0, shortest - length)
-        padded = None if targets is None else torch.nn.functional.pad(targets, pad)
-        return separate_chunked(system, torch.nn.functional.pad(mixture, pad), chunk_frames, 0, padded)[..., :length]
-    chunk_frames = max(chunk_frames, shortest)
-    if length <= chunk_frames:
-        return system(mixture[None], None if targets is None else targets[None])[0]
-    overlap = min(max(overlap_frames, 0), chunk_frames // 2)
-    starts = list(range(0, length - chunk_frames, chunk_frames - overlap)) + [length - chunk_frames]
-    ramp = torch.linspace(0, 1, overlap + 2, dtype=mixture.dtype)[1:-1]
-    out, weight = None, torch.zeros(length, dtype=mixture.dtype)
-    for start in starts:
-        stop = start + chunk_frames
-        chunk_targets = None if targets is None else targets[None, ..., start:stop]
-        estimate = system(mixture[None, :, start:stop], chunk_targets)[0]
-        if out is None:
-            out = torch.zeros(estimate.shape[:-1] + (length,), dtype=estimate.dtype)
-        fade = torch.ones(chunk_frames, dtype=mixture.dtype)
-        if overlap and start > 0:
-            fade[:overlap] = ramp
-        if overlap and stop < length:
-            fade[-overlap:] = ramp.flip(0)
-        out[..., start:stop] += estimate * fade
-        weight[start:stop] += fade
-    return out / weight
-
-
 def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None) -> dict:
-    """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example"}``.
+    """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example",
+    "separation"}`` (the last: the separation settings used, and the device).
 
-    Separation runs in this process; museval (the slow part) runs in ``metric_cfg.n_jobs``
-    worker processes while the next tracks are separated.
+    Separation runs in this process on the system's device (``msslab.inference``, with
+    ``separation_cfg``: a config block or :class:`SeparationSettings`); museval (the slow part)
+    runs in ``metric_cfg.n_jobs`` worker processes while the next tracks are separated.
     """
     start_time = time.perf_counter()
     system.eval()
     tracks = datamodule.test_tracks
     nb = len(tracks) if nb_tracks is None else min(nb_tracks, len(tracks))
     sr = datamodule.sample_rate
-    chunk, overlap = int(separation_cfg.chunk_seconds * sr), int(separation_cfg.overlap_seconds * sr)
+    settings = (separation_cfg if isinstance(separation_cfg, SeparationSettings)
+                else SeparationSettings.resolve(OmegaConf.to_container(separation_cfg)))
     n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
     kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
     museval_dir = Path(run_dir) / "museval"
@@ -94,8 +59,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
         for i in tqdm(range(nb), desc="separating + museval", unit="track"):
             name, mixture, targets = datamodule.test_track(i)
             true = targets if system.needs_targets else None
-            estimates = separate_chunked(system, mixture.to(system.device), chunk, overlap,
-                                         None if true is None else true.to(system.device)).cpu()
+            estimates = separate(system, mixture, settings, targets=true)
             if example is None:
                 example = {"name": name, "sample_rate": sr, "mixture": mixture.numpy(),
                            "estimates": {t: e.numpy() for t, e in zip(system.targets, estimates)}}
@@ -112,7 +76,8 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return {"sources": bsseval.aggregate(track_medians), "tracks": track_medians,
-            "eval_seconds": time.perf_counter() - start_time, "example": example}
+            "eval_seconds": time.perf_counter() - start_time, "example": example,
+            "separation": settings.as_dict() | {"device": str(system.device)}}
 
 
 def print_table(sources: dict, title: str) -> str:
@@ -140,24 +105,29 @@ def evaluate(cfg: DictConfig) -> dict:
     from .system import build_system, covers_mixture, load_checkpoint
 
     run_dir = Path(cfg.paths.output_dir)
+    device = resolve_device(cfg.device)
+    trained_separation = None
     if cfg.ckpt:
-        system = load_checkpoint(cfg.ckpt)
+        system = load_checkpoint(cfg.ckpt, map_location=device)
         trained = OmegaConf.create(system.config)
+        trained_separation = OmegaConf.to_container(trained.separation) if "separation" in trained else None
         with open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
             cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
     datamodule = instantiate(cfg.data, augmentation=None)
     datamodule.setup("test")
     if not cfg.ckpt:
         residual = not covers_mixture(datamodule.sources, datamodule.groups)
-        system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
+        system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual).to(device)
         if any(p.requires_grad for p in system.model.parameters()):
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    # The command's separation settings win; the ones it leaves null are the checkpoint's.
+    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), trained_separation)
+    results = evaluate_system(system, datamodule, run_dir, cfg.metric, settings)
     choices = run_choices()
     write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
                   seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
-                  eval_seconds=results["eval_seconds"])
+                  eval_seconds=results["eval_seconds"], separation=results["separation"])
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results
 
