@@ -103,21 +103,3 @@ def test_overwrite_true_replaces_them(runs, inputs):
     result = results["overwritten"]
     assert result.returncode == 0, result.tail()
     check_outputs(base / "overwritten", inputs)
-
-
-def test_chunked_separation_is_independent_of_the_chunk_size_for_the_oracle():
-    """Cross-fading chunks of an oracle (a per-bin mask, no context) gives the unchunked result."""
-    from msslab.evaluate import separate_chunked
-    from msslab.model import OracleIRM, Spectrogram
-    from msslab.system import SeparationSystem
-
-    system = SeparationSystem(OracleIRM(), Spectrogram(n_fft=256, hop_length=64, sample_rate=8000), ["a", "b"]).eval()
-    rng = np.random.default_rng(0)
-    targets = torch.from_numpy(rng.standard_normal((2, 2, 8000 * 3 + 17)).astype(np.float32))
-    mixture = targets.sum(0)
-    whole = separate_chunked(system, mixture, chunk_frames=10**6, overlap_frames=0, targets=targets)
-    chunked = separate_chunked(system, mixture, chunk_frames=8000, overlap_frames=2000, targets=targets)
-    assert chunked.shape == whole.shape == targets.shape
-    # Equal away from the STFT edge effects of each chunk, and summing to the mixture everywhere.
-    assert snr_db(chunked.numpy(), whole.numpy()) > 20
-    assert snr_db(chunked.sum(0).numpy(), mixture.numpy()) > 60

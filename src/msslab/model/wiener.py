@@ -70,7 +70,7 @@ def wiener(v: torch.Tensor, mixture: torch.Tensor, iterations: int = 1, residual
         residual: add an "everything else" source first (``residual_model``); it is
             dropped from the result.
         float64: compute in float64 / complex128 (slower). In float32 the result equals
-            norbert's on complex64 input to 1e-5 of the mixture's peak magnitude, and
+            norbert's on complex64 input within 1e-4 of the mixture's peak magnitude (about 1e-6 in stereo), and
             norbert's float64 result to 1e-3 (its regulariser, sqrt(eps) I, is that of the dtype).
     Returns:
         ``(B, S, C, F, T)`` complex source STFTs, in ``mixture``'s dtype.
