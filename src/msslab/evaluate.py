@@ -15,8 +15,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 

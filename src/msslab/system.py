@@ -163,4 +163,5 @@ def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
     cfg = OmegaConf.create(config)
     system = build_system(cfg, config["targets"], config["nb_channels"], config["residual"])
     system.load_state_dict(checkpoint["state_dict"])
-    return system.eval()
+    # load_state_dict copies into the CPU-built module: move it to where it was asked for.
+    return system.to(map_location).eval()
