@@ -34,9 +34,12 @@ def check_input(path: Path) -> AudioInfo:
         raise AudioFileError(f"input: {path} does not exist")
     try:
         info = audio_info(str(path))
+    except BadAudio as exc:
+        raise AudioFileError(f"input: {path} is not a readable audio file ({exc.problem})") from None
+    try:
         check_finite(info)
     except BadAudio as exc:
-        raise AudioFileError(f"input: {exc}") from None
+        raise AudioFileError(f"input: {path} {exc.problem}") from None
     return info
 
 
