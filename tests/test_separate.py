@@ -148,8 +148,8 @@ def test_peak_memory_is_flat_in_the_file_length(smoke_run, tmp_path):
                 out.write(0.2 * rng.standard_normal((20 * 44100, 2)).astype(np.float32))
         command = cli_command("msslab-separate", f"ckpt={smoke_run.last_checkpoint}", f"input={path}",
                               f"output={tmp_path / str(seconds)}", "device=cpu")
-        started[seconds] = subprocess.Popen([sys.executable, "-c", measure, *command], stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True)
+        started[seconds] = subprocess.Popen([sys.executable, "-c", measure, *command], cwd=tmp_path,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {}
     for seconds, process in started.items():
         stdout, stderr = process.communicate(timeout=600)

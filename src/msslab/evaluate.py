@@ -21,19 +21,22 @@ from tqdm.auto import tqdm
 from .errors import exit_on_user_error
 from .inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
-from .results import results_table, write_results
+from .results import results_table, run_identity, write_results
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None) -> dict:
+def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None,
+                    condition=None) -> dict:
     """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example",
     "separation"}`` (the last: the separation settings used, and the device).
 
     Separation runs in this process on the system's device (``msslab.inference``, with
     ``separation_cfg``: a config block or :class:`SeparationSettings`); museval (the slow part)
     runs in ``metric_cfg.n_jobs`` worker processes while the next tracks are separated.
+    ``condition``: a :class:`msslab.conditions.Condition` that perturbs each test track (None
+    or clean: as is; otherwise the museval files go to ``museval/<condition>/``).
     """
     start_time = time.perf_counter()
     system.eval()
@@ -44,7 +47,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
                 else SeparationSettings.resolve(OmegaConf.to_container(separation_cfg)))
     n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
     kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
-    museval_dir = Path(run_dir) / "museval"
+    museval_dir = Path(run_dir) / "museval" / ("" if condition is None or condition.clean else condition.name)
     track_medians, example = {}, None
 
     def collect(result):
@@ -55,7 +58,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
     pending = []
     try:
         for i in tqdm(range(nb), desc="separating + museval", unit="track"):
-            name, mixture, targets = datamodule.test_track(i)
+            name, mixture, targets = datamodule.test_track(i, condition)
             true = targets if system.needs_targets else None
             estimates = separate(system, mixture, settings, targets=true)
             if example is None:
@@ -78,6 +81,38 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
             "separation": settings.as_dict() | {"device": str(system.device)}}
 
 
+def evaluate_conditions(system, datamodule, run_dir: Path, cfg, separation=None) -> dict:
+    """:func:`evaluate_system` once per test condition of ``cfg.conditions`` (default: clean).
+
+    ``separation``: :class:`SeparationSettings` (default: ``cfg.separation``). Returns the clean
+    condition's ``{"sources", "tracks", "example"}`` (the first condition's when clean is not
+    selected) plus ``"conditions": {name: {"sources", "tracks", "parameters"}}`` (parameters:
+    what was drawn per track), the total ``"eval_seconds"`` and the ``"separation"`` settings used.
+    """
+    from .conditions import CLEAN, build_conditions
+
+    conditions = build_conditions(cfg.get("conditions"), datamodule.sample_rate)
+    scored = {}
+    for name, condition in conditions.items():
+        if len(conditions) > 1:
+            log.info("test condition %s", name)
+        scored[name] = evaluate_system(system, datamodule, run_dir, cfg.metric,
+                                       cfg.separation if separation is None else separation, condition=condition)
+    main = scored.get(CLEAN) or next(iter(scored.values()))
+    return {"sources": main["sources"], "tracks": main["tracks"], "example": main["example"],
+            "eval_seconds": sum(r["eval_seconds"] for r in scored.values()), "separation": main["separation"],
+            "conditions": {name: {"sources": r["sources"], "tracks": r["tracks"],
+                                  "parameters": conditions[name].parameters} for name, r in scored.items()}}
+
+
+def print_conditions(results: dict) -> None:
+    """One table per test condition beyond the main one."""
+    if len(results.get("conditions", {})) < 2:
+        return
+    for name, scores in results["conditions"].items():
+        print_table(scores["sources"], f"condition {name}: museval medians (dB) over {len(scores['tracks'])} tracks")
+
+
 def print_table(sources: dict, title: str) -> str:
     text = f"{title}\n{results_table(sources).round(2).to_string()}"
     print(text, flush=True)
@@ -85,14 +120,8 @@ def print_table(sources: dict, title: str) -> str:
 
 
 def run_choices() -> dict:
-    """The config choices of this run (``model``, ``data``, ... and the augmentation list)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    choices = dict(HydraConfig.get().runtime.choices)
-    picked = {k: v for k, v in choices.items() if not k.startswith("hydra") and "/" not in k}
-    return picked
+    """The config-group choices of this run (``model``, ``data``, ...)."""
+    return run_identity()["choices"]
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -121,11 +150,16 @@ def evaluate(cfg: DictConfig) -> dict:
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
     # The command's separation settings win; the ones it leaves null are the checkpoint's.
     settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), trained_separation)
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, settings)
-    choices = run_choices()
-    write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
-                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
-                  eval_seconds=results["eval_seconds"], separation=results["separation"])
+    results = evaluate_conditions(system, datamodule, run_dir, cfg, separation=settings)
+    # Named as the run that trained the model (so compare pairs it with that run's seeds and
+    # variants); what this command set (data, metric, separation) is recorded beside it.
+    identity = system.config["run"]
+    extra = {"eval_overrides": run_identity()["overrides"], "identity_from": identity.get("source")} if cfg.ckpt else {}
+    write_results(run_dir, status="completed", choices=identity["choices"], overrides=identity["overrides"],
+                  seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, **extra,
+                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
+                  train_seconds=0.0, eval_seconds=results["eval_seconds"], separation=results["separation"])
+    print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results
 

@@ -124,6 +124,11 @@ def separate(cfg: DictConfig) -> list[Path]:
     if existing and not cfg.overwrite:
         raise AudioFileError(f"output: {len(existing)} file(s) exist already, e.g. {existing[0]}; "
                              "choose another output= or pass overwrite=true")
+    if cfg.streaming:  # block by block with a causal model (msslab.streaming)
+        from .streaming import stream_files
+
+        system.wiener_iterations = settings.wiener_iterations  # the streamer refuses a Wiener filter
+        return stream_files(system, plan, cfg.block_ms)
     infos = {path: check_input(path) for path in inputs}  # fail on a bad input before writing anything
     written = []
     for path, info in infos.items():

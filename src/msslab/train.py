@@ -17,11 +17,12 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .augmentation import AugmentationError, check_overrides
+from .augmentation import AugmentationError, check_overrides, stage_names
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
+from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
 from .logger import build_loggers, log_test_results
 from .results import write_results
 from .system import build_system, covers_mixture
@@ -34,12 +35,12 @@ def _choices(cfg: DictConfig) -> dict:
     choices = run_choices()
     if choices.get("experiment") is None:
         choices.pop("experiment", None)
-    choices["augmentation"] = list(cfg.get("augmentation") or {})
+    choices["augmentation"] = stage_names(cfg.get("augmentation"))
     return choices
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, log and write results; returns the results dict."""
+def train(cfg: DictConfig) -> dict | None:
+    """Fit, test the best checkpoint, log and write results; returns the results dict (None on DDP ranks > 0)."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -64,17 +65,20 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(system, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
+        return None
 
     # Lightning leaves the module on the CPU after fit: evaluate on the trainer's device.
     system.to(trainer.strategy.root_device)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
-        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=False)["state_dict"])
+        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
     best_score = checkpoint.best_model_score if checkpoint is not None else None
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    results = evaluate_conditions(system, datamodule, run_dir, cfg)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
+                  train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
@@ -85,6 +89,7 @@ def train(cfg: DictConfig) -> dict:
     log_test_results(loggers, results, results["example"])
     for logger in loggers:
         logger.finalize("success")
+    print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks "
                                     f"(trained {train_seconds:.0f} s, evaluated {results['eval_seconds']:.0f} s), run {run_dir}")
     return record
@@ -123,6 +128,8 @@ def run(cfg: DictConfig) -> float:
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
+        if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
+            raise
         write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                       train_seconds=time.perf_counter() - start)
@@ -133,7 +140,9 @@ def run(cfg: DictConfig) -> float:
         if isinstance(exc, MsslabError):  # the user's input: the message says it all
             raise SystemExit(f"error: {exc}") from None
         raise
-    return record["best_val"] if record["best_val"] is not None else float("nan")
+    if record is None or record["best_val"] is None:  # not rank 0, or nothing validated
+        return float("nan")
+    return record["best_val"]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
