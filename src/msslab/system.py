@@ -72,9 +72,11 @@ class SeparationSystem(pl.LightningModule):
             estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64)
         return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
 
-    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int,
+    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int | None = None,
                 float64: bool = False) -> torch.Tensor:
-        """Multichannel Wiener filtering of the masked estimates, batched on their device."""
+        """Multichannel Wiener filtering of the masked estimates, batched on their device
+        (``iterations`` None: the system's own)."""
+        iterations = self.wiener_iterations if iterations is None else iterations
         return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64)
 
     def _step(self, batch, waveforms: bool = False):
