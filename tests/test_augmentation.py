@@ -109,7 +109,8 @@ def test_selections_compose_and_build_in_canonical_order():
         nothing = compose("train", overrides=["augmentation=[]"]).get("augmentation")
         extended = compose("train", overrides=["augmentation=[all,gain,remix]", "augmentation.reverb.p=1"]).augmentation
     assert build_pipeline(picked, SR).names == ["pitch_shift", "reverb"]  # list order does not matter
-    assert sorted(everything) == ["background_noise", "pitch_shift", "reverb", "time_stretch"]
+    assert sorted(everything) == ["background_noise", "pitch_shift", "placement", "reverb", "time_stretch"]
+    assert everything.placement == "loader" and dict(nothing) == {"placement": "loader"}  # the default setting
     assert build_pipeline(everything, SR).names == ["time_stretch", "pitch_shift", "reverb", "background_noise"]
     assert build_pipeline(nothing, SR) is None and build_pipeline({}, SR) is None
     pipeline = build_pipeline(extended, SR)

@@ -97,7 +97,7 @@ class SeparationSystem(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         # One pass gives both the loss and the estimates scored (plain masking, as in training).
         loss, estimates = self._step(batch, waveforms=True)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0])
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0], sync_dist=True)
         scores = FAST_METRICS[self.val_metric](estimates, batch[1])  # (B, S)
         for j, target in enumerate(self.targets):
             self._val_scores[target].append(scores[:, j].detach().cpu())
@@ -105,11 +105,13 @@ class SeparationSystem(pl.LightningModule):
     def on_validation_epoch_end(self):
         if not self._val_scores:
             return
-        medians = {t: torch.cat(v).nanmedian() for t, v in self._val_scores.items()}
+        # Under DDP each process scored its shard: the median is over every process's chunks.
+        medians = {t: self.all_gather(torch.cat(v).to(self.device)).flatten().nanmedian()
+                   for t, v in self._val_scores.items()}
         for target, value in medians.items():
-            self.log(f"val/{self.val_metric}/{target}", value)
+            self.log(f"val/{self.val_metric}/{target}", value, sync_dist=True)  # equal on every process
         # The mean over targets is what checkpoints, early stopping and sweeps optimise.
-        self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True)
+        self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True, sync_dist=True)
         self._val_scores.clear()
 
     def configure_optimizers(self):

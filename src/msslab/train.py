@@ -17,9 +17,10 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .augmentation import AugmentationError, check_overrides
+from .augmentation import AugmentationError, check_overrides, stage_names
 from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
 from .logger import build_loggers, log_test_results
@@ -34,12 +35,12 @@ def _choices(cfg: DictConfig) -> dict:
     choices = run_choices()
     if choices.get("experiment") is None:
         choices.pop("experiment", None)
-    choices["augmentation"] = list(cfg.get("augmentation") or {})
+    choices["augmentation"] = stage_names(cfg.get("augmentation"))
     return choices
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, log and write results; returns the results dict."""
+def train(cfg: DictConfig) -> dict | None:
+    """Fit, test the best checkpoint, log and write results; returns the results dict (None on DDP ranks > 0)."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -64,6 +65,8 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(system, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
+        return None
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
@@ -122,6 +125,8 @@ def run(cfg: DictConfig) -> float:
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
+        if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
+            raise
         write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                       train_seconds=time.perf_counter() - start)
@@ -132,7 +137,9 @@ def run(cfg: DictConfig) -> float:
         if isinstance(exc, MsslabError):  # the user's input: the message says it all
             raise SystemExit(f"error: {exc}") from None
         raise
-    return record["best_val"] if record["best_val"] is not None else float("nan")
+    if record is None or record["best_val"] is None:  # not rank 0, or nothing validated
+        return float("nan")
+    return record["best_val"]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
