@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> dict | None:
     if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
         return None
 
+    # Lightning leaves the module on the CPU after fit: evaluate on the trainer's device.
+    system.to(trainer.strategy.root_device)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
@@ -75,13 +77,14 @@ def train(cfg: DictConfig) -> dict | None:
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     results = evaluate_conditions(system, datamodule, run_dir, cfg)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
-                  train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
+                  metric=results["metric"], conditions=results["conditions"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
                   val_metric=f"val/{cfg.metric.validation}",
-                  nb_parameters=sum(p.numel() for p in system.model.parameters()))
+                  nb_parameters=sum(p.numel() for p in system.model.parameters()),
+                  separation=results["separation"])
     write_results(run_dir, **record)
     log_test_results(loggers, results, results["example"])
     for logger in loggers:
