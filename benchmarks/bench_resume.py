@@ -15,63 +15,51 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 
-PROGRESS = re.compile(r"Epoch (\d+):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+class StepLog(pl.Callback):
+    """Appends ``<unix time> <global step>`` after every training step (the progress bar is not
+    readable from a pipe); added to the run as ``+callbacks.step_log``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, *args):
+        with open(self.path, "a") as f:
+            f.write(f"{time.time()} {trainer.global_step}\n")
 
 
-class Watched:
-    """A training subprocess whose progress bar is read as it prints: (seconds since launch, epoch, batch, batches)."""
-
-    def __init__(self, args: list[str]):
-        self.start = time.perf_counter()
-        env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg",
-                            "COLUMNS": "200"}
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        self.progress: list[tuple[float, int, int, int]] = []
-        self.text = ""
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        buffer = ""
-        while chunk := self.process.stdout.read1(4096):
-            buffer += chunk.decode(errors="replace")
-            self.text += chunk.decode(errors="replace")
-            *done, buffer = re.split(r"[\r\n]", buffer)
-            for line in done:
-                if match := PROGRESS.search(line):
-                    epoch, batch, batches = map(int, match.groups())
-                    if not self.progress or self.progress[-1][1:3] != (epoch, batch):
-                        self.progress.append((time.perf_counter() - self.start, epoch, batch, batches))
-
-    def wait_for(self, condition, timeout: float = 3600) -> tuple[float, int, int, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for entry in list(self.progress):
-                if condition(entry):
-                    return entry
-            if self.process.poll() is not None:
-                raise SystemExit(f"training ended (rc={self.process.returncode}):\n{self.text[-3000:]}")
-            time.sleep(0.05)
-        raise SystemExit("timed out")
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+def logged(path: Path) -> list[tuple[float, int]]:
+    if not path.exists():
+        return []
+    return [(float(t), int(s)) for t, s in (line.split() for line in path.read_text().splitlines() if line.strip())]
 
 
-def steps(entry) -> int:
-    _, epoch, batch, batches = entry
-    return epoch * batches + batch
+def launch(args: list[str]) -> tuple[subprocess.Popen, float]:
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg",
+                        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env), time.time()
+
+
+def wait_until(process: subprocess.Popen, path: Path, condition, timeout: float = 3600) -> tuple[float, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in logged(path):
+            if condition(entry[1]):
+                return entry
+        if process.poll() is not None:
+            raise SystemExit(f"training ended early (rc={process.returncode})")
+        time.sleep(0.05)
+    raise SystemExit("timed out")
 
 
 def main():
@@ -79,28 +67,30 @@ def main():
     parser.add_argument("--kill-after-steps", type=int, default=45, help="kill once this many steps are trained")
     parser.add_argument("overrides", nargs="*", help="msslab-train overrides")
     args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-resume-")) / "run"
-    command = [sys.executable, "-m", "msslab.train", *args.overrides, f"hydra.run.dir={run_dir}"]
+    base = Path(tempfile.mkdtemp(prefix="bench-resume-"))
+    run_dir, steps_file = base / "run", base / "steps.txt"
+    overrides = [*args.overrides, "+callbacks.step_log._target_=bench_resume.StepLog",
+                 f"+callbacks.step_log.path={steps_file}"]
 
-    fresh = Watched(command)
-    first = fresh.wait_for(lambda e: steps(e) >= 1)
-    at_kill = fresh.wait_for(lambda e: steps(e) >= args.kill_after_steps)
-    time.sleep(0.2)  # whatever the bar printed last before the kill counts
-    at_kill = max(fresh.progress, key=steps)
-    fresh.kill()
+    fresh, started = launch([sys.executable, "-m", "msslab.train", *overrides, f"hydra.run.dir={run_dir}"])
+    first = wait_until(fresh, steps_file, lambda step: step >= 1)
+    wait_until(fresh, steps_file, lambda step: step >= args.kill_after_steps)
+    fresh.send_signal(signal.SIGKILL)
+    fresh.wait()
+    at_kill = max(step for _, step in logged(steps_file))
     checkpoints = {p.name: torch.load(p, map_location="cpu", weights_only=True)["global_step"]
                    for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")}
     saved = max(checkpoints.values(), default=0)
 
-    resumed = Watched([sys.executable, "-m", "msslab.train", f"resume={run_dir}"])
-    back = resumed.wait_for(lambda e: steps(e) > saved)
-    resumed.kill()
-    batches = at_kill[3]
-    print(f"command: msslab-train {' '.join(args.overrides)}  ({batches} steps per epoch)")
-    print(f"killed at step {steps(at_kill)} ({at_kill[0]:.1f} s after launch); newest checkpoint: step {saved} {checkpoints}")
-    print(f"training lost: {steps(at_kill) - saved} steps = {(steps(at_kill) - saved) / batches:.2f} epochs")
-    print(f"launch to first training step: fresh {first[0]:.1f} s, resume {back[0]:.1f} s "
-          f"(ratio {back[0] / first[0]:.2f})")
+    resumed, restarted = launch([sys.executable, "-m", "msslab.train", f"resume={run_dir}"])
+    back = wait_until(resumed, steps_file, lambda step: step == saved + 1)
+    resumed.send_signal(signal.SIGKILL)
+    resumed.wait()
+    print(f"command: msslab-train {' '.join(args.overrides)}")
+    print(f"killed at step {at_kill}; newest checkpoint: step {saved} {checkpoints}")
+    print(f"training lost: {at_kill - saved} steps")
+    print(f"launch to first training step: fresh {first[0] - started:.1f} s, resume {back[0] - restarted:.1f} s "
+          f"(ratio {(back[0] - restarted) / (first[0] - started):.2f})")
 
 
 if __name__ == "__main__":

@@ -43,10 +43,6 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
     assert changed.returncode != 0 and "model.hidden_size: 32 -> 48" in changed.output, changed.tail()
     assert "Traceback" not in changed.output
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
-    # So is a new run in a directory that holds one.
-    again = cli.run("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}")
-    assert again.returncode != 0 and "resume=auto" in again.output, again.tail()
-
     resumed = cli.run("msslab.train", f"resume={run_dir}")  # the run's own overrides
     assert resumed.returncode == 0, resumed.tail()
     results = _results(run_dir)
@@ -83,6 +79,19 @@ def test_a_run_directory_in_use_is_refused(compose_train, tmp_path):
             run(cfg)
     assert "in use by a live run" in str(exit_info.value) and str(tmp_path) in str(exit_info.value)
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_new_run_into_a_directory_holding_one_is_refused(compose_train, tmp_path):
+    from msslab.train import run
+
+    (tmp_path / ".msslab").mkdir()
+    (tmp_path / ".msslab" / "config.yaml").write_text("seed: 1\n")  # a run started here before
+    cfg = compose_train([*TINY, "logger=none"], tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg)
+    assert "holds a run already" in str(exit_info.value) and "resume=auto" in str(exit_info.value)
+    assert (tmp_path / ".msslab" / "config.yaml").read_text() == "seed: 1\n"
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_logging_failure_after_the_scores_keeps_the_run_completed(compose_train, tmp_path, monkeypatch):

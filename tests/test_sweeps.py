@@ -320,6 +320,8 @@ def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
         assert unscored["status"] == "completed" and unscored["best_val"] is None
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").trials == {"pruned": 1, "fail": 2}
 
-    compare(sweep_dir, f"output={tmp_path / 'report'}")
-    runs = pd.read_csv(tmp_path / "report" / "comparison_runs.csv")
+    from msslab.report.runs import load_runs  # what msslab-compare lists
+
+    runs = load_runs(sweep_dir, progress=False)
     assert sorted(runs["status"]) == ["completed", "completed", "pruned"]
+    assert "pruned after epoch 0" in runs.loc[runs["status"] == "pruned", "error"].iloc[0]

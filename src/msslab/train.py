@@ -169,6 +169,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
         log.info("%s: already %s, not run again (rerun_failed=true reruns a failed run)", run_dir, record["status"])
         if record["status"] == "failed":
             return _failed_value(MsslabError(f"{run_dir} failed before: {record.get('error')}"))
+        if record["status"] == "pruned":  # only msslab-search prunes; it reads results.json itself
+            return float("nan")
         return _objective(record)
     if plan["checkpoint"] is not None:
         ckpt = torch.load(plan["checkpoint"], map_location="cpu", weights_only=True, mmap=True)

@@ -80,8 +80,9 @@ def write_track_json(result: dict, directory: Path) -> Path:
     """Write museval's per-track JSON as ``<directory>/<track>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{result['name']}.json"
-    path.write_text(json.dumps(result["museval"], indent=2))
-    return path
+    from ..results import atomic_write_text  # a kill mid-write leaves the old file or none, never half
+
+    return atomic_write_text(path, json.dumps(result["museval"], indent=2))
 
 
 def default_jobs() -> int:

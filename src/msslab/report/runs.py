@@ -27,8 +27,8 @@ RESULTS_FILE = "results.json"
 RUN_COLUMNS = [
     "run",  # path of the run directory, relative to the directory it was found under
     "path",  # absolute path of the run directory
-    "status",  # "completed", "failed", or "missing" (Hydra job dir without results.json)
-    "error",  # error message of a failed run, else ""
+    "status",  # "completed", "failed", "pruned" (an Optuna trial stopped early), or "missing" (no results.json)
+    "error",  # error message of a failed run (why a pruned one stopped), else ""
     "run_id",
     "seed",
     "variant",  # readable variant name (only the keys that differ across runs)
