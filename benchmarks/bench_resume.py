@@ -50,11 +50,12 @@ def launch(args: list[str]) -> tuple[subprocess.Popen, float]:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env), time.time()
 
 
-def wait_until(process: subprocess.Popen, path: Path, condition, timeout: float = 3600) -> tuple[float, int]:
+def wait_until(process: subprocess.Popen, since: float, path: Path, condition, timeout: float = 3600):
+    """The first step logged by ``process`` (launched at unix time ``since``) that meets ``condition``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in logged(path):
-            if condition(entry[1]):
+            if entry[0] >= since and condition(entry[1]):
                 return entry
         if process.poll() is not None:
             raise SystemExit(f"training ended early (rc={process.returncode})")
@@ -73,8 +74,8 @@ def main():
                  f"+callbacks.step_log.path={steps_file}"]
 
     fresh, started = launch([sys.executable, "-m", "msslab.train", *overrides, f"hydra.run.dir={run_dir}"])
-    first = wait_until(fresh, steps_file, lambda step: step >= 1)
-    wait_until(fresh, steps_file, lambda step: step >= args.kill_after_steps)
+    first = wait_until(fresh, started, steps_file, lambda step: step >= 1)
+    wait_until(fresh, started, steps_file, lambda step: step >= args.kill_after_steps)
     fresh.send_signal(signal.SIGKILL)
     fresh.wait()
     at_kill = max(step for _, step in logged(steps_file))
@@ -83,7 +84,7 @@ def main():
     saved = max(checkpoints.values(), default=0)
 
     resumed, restarted = launch([sys.executable, "-m", "msslab.train", f"resume={run_dir}"])
-    back = wait_until(resumed, steps_file, lambda step: step == saved + 1)
+    back = wait_until(resumed, restarted, steps_file, lambda step: step == saved + 1)
     resumed.send_signal(signal.SIGKILL)
     resumed.wait()
     print(f"command: msslab-train {' '.join(args.overrides)}")

@@ -302,16 +302,17 @@ def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
     import optuna
 
     sweep_dir = tmp_path / "multirun" / "search"
-    # Every trial that reports a score is pruned at once: a threshold no SDR reaches.
     args = ["experiment=[search,smoke]", *TINY, "name=search", "logger=csv", "~search.params",
-            "optimizer.lr=choice(0.001,0.002)", "~search.pruner", "+search.pruner._target_=optuna.pruners.ThresholdPruner",
-            "+search.pruner.lower=1000.0", "search.n_jobs=1"]
-    search(tmp_path, sweep_dir, *args, "search.n_trials=1")
+            "optimizer.lr=choice(0.001,0.002)", "search.n_jobs=1"]
+    # A pruner that prunes every trial at its first report: a threshold no SDR reaches.
+    threshold = ["~search.pruner", "+search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=1000.0"]
+    search(tmp_path, sweep_dir, *args, *threshold, "search.n_trials=1")
     pruned = json.loads((sweep_dir / "0" / "results.json").read_text())
-    assert pruned["status"] == "pruned" and pruned["epochs"] == 0 and "pruned after epoch 0" in pruned["error"]
+    assert pruned["status"] == "pruned" and pruned["epochs"] == 1 and "pruned after epoch 0" in pruned["error"]
 
-    # The relaunch continues the study; its trials validate nothing (no best score): failed, and the search goes on.
-    search(tmp_path, sweep_dir, *args, "search.n_trials=3", "trainer.limit_val_batches=0")
+    # The relaunch continues the study (default median pruner, too few trials to prune yet). Without
+    # the checkpoint callback a run has no best score: its trial fails, and the search goes on.
+    search(tmp_path, sweep_dir, *args, "search.n_trials=3", "~callbacks.checkpoint")
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     states = [(t.number, t.state.name) for t in study.trials]
     assert states == [(0, "PRUNED"), (1, "FAIL"), (2, "FAIL")]

@@ -190,7 +190,8 @@ class Search:
 
 def main(argv: list[str] | None = None) -> None:
     """``msslab-search [train overrides] [sweep overrides]``; see the module docstring."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s] %(message)s")
+    log.setLevel(logging.INFO)  # this module's progress; not every library's
     try:
         summary = Search(sys.argv[1:] if argv is None else argv).run()
     except MsslabError as exc:

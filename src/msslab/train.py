@@ -185,7 +185,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
         _finish_wandb(0)
         log.info("%s", exc)
         write_results(run_dir, status="pruned", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
-                      error=str(exc), epochs=exc.epoch, best_val=exc.value, val_metric=exc.monitor,
+                      error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return float("nan")
     except Exception as exc:
