@@ -66,6 +66,7 @@ def locked(run_dir: Path) -> Iterator[None]:
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
+        restore_hydra_files(Path(run_dir))  # Hydra wrote this command's .hydra/ over the live run's
         raise RunDirBusy(f"run directory {run_dir} is in use by a live run ({owner}); "
                          f"wait for it or choose another hydra.run.dir") from None
     try:
@@ -115,7 +116,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return lines
 
 
-def _restore_hydra_files(run_dir: Path) -> None:
+def restore_hydra_files(run_dir: Path) -> None:
     """Put back the first start's ``.hydra`` files, which Hydra overwrote before the task ran."""
     saved = run_dir / STATE_DIR / "hydra"
     if saved.is_dir():
@@ -150,7 +151,7 @@ def prepare(run_dir: Path, cfg: DictConfig, resume, rerun_failed: bool = False) 
                               f"{RESULTS_FILE} or checkpoint)")
         _save_first_start(run_dir, cfg)
         return {"skip": None, "checkpoint": None}
-    _restore_hydra_files(run_dir)
+    restore_hydra_files(run_dir)
     if resume is None:
         raise MsslabError(f"run directory {run_dir} holds a run already: continue it with resume=auto, "
                           f"or choose another hydra.run.dir")
