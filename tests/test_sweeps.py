@@ -326,3 +326,4 @@ def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
     runs = load_runs(sweep_dir, progress=False)
     assert sorted(runs["status"]) == ["completed", "completed", "pruned"]
     assert "pruned after epoch 0" in runs.loc[runs["status"] == "pruned", "error"].iloc[0]
+    assert not runs["variant"].str.contains("search|resume").any()  # bookkeeping, not what a trial is

@@ -136,8 +136,12 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
         for k, v in (choices or {}).items()
         if v is not None and not str(k).startswith("hydra")
     }
+    # How a run was launched (resume, search bookkeeping) is not what it is.
+    from ..runs import NOT_COMPARED
+
     settings.update(
-        {k: v for k, v in parse_overrides(overrides or []).items() if not k.lstrip("~").startswith("hydra")}
+        {k: v for k, v in parse_overrides(overrides or []).items()
+         if not k.lstrip("~").startswith("hydra") and k.lstrip("~").split(".")[0] not in NOT_COMPARED}
     )
     return settings
 
