@@ -1,7 +1,8 @@
 """How fast is training-time augmentation, and does data loading keep up with training?
 
-    python benchmarks/bench_augmentation.py                 # both parts
-    python benchmarks/bench_augmentation.py --no-training   # throughput only
+    python benchmarks/bench_augmentation.py                 # all parts
+    python benchmarks/bench_augmentation.py --no-training   # throughput only (both placements)
+    python benchmarks/bench_augmentation.py --no-training --device cuda --batch 16 --chunk-seconds 6
 
 Part 1, throughput: training examples of the default data config (synthetic,
 4 stereo sources) are drawn, augmented and mixed in this process, one CPU
@@ -9,6 +10,12 @@ thread, for no augmentation and for each augmentation alone (as configured and
 at p = 1) and for ``all``. It prints seconds of audio (example length) per CPU
 second for the whole example and for the augmentation alone, and the cost
 relative to no augmentation, all measured in the same run.
+
+Part 1b, device placement (``augmentation.placement=device``): the same rows, split
+into what a loader worker still does (load the chunk and draw the parameters, one
+CPU thread, CPU time) and the batched stages on ``--device`` (``--batch`` examples
+per call, wall time, synchronised; on the CPU one thread, CPU time), both in seconds
+of example audio per second, measured in the same run as part 1.
 
 Part 2, data-wait share: a real training run of the default model with the
 default data loader (worker processes), once without augmentation and once with
@@ -54,7 +61,8 @@ def throughput(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    data = [f"data.train_tracks.nb_tracks={args.tracks}"]
+    data = [f"data.train_tracks.nb_tracks={args.tracks}", f"data.sample_rate={args.sample_rate}",
+            f"data.chunk_seconds={args.chunk_seconds}"]
     _, dm = datamodule(data)
     chunk_s = dm.chunk_frames / dm.sample_rate
     tracks, groups = dm.train_tracks, dm.groups
@@ -99,6 +107,63 @@ def throughput(args) -> None:
         base = base or total
         aug_rate = f"{audio / augment:16.1f}" if augment > 0 and pipeline is not None else f"{'-':>16}"
         print(f"{label:<34}{audio / total:24.1f}{aug_rate}{total / base:15.2f}")
+
+
+def device_throughput(args) -> None:
+    import torch
+    from torch.utils.data import default_collate
+
+    from msslab.augmentation import DeviceAugmentation, build_pipeline
+    from msslab.data.datamodule import mix_batch
+
+    device = torch.device(args.device)
+    data = [f"data.train_tracks.nb_tracks={args.tracks}", f"data.sample_rate={args.sample_rate}",
+            f"data.chunk_seconds={args.chunk_seconds}"]
+    _, dm = datamodule(data)
+    chunk_s = dm.chunk_frames / dm.sample_rate
+    batches = max(1, args.examples // args.batch)
+    print(f"\n## Device placement: {dm.sample_rate} Hz, {chunk_s:g} s examples, {batches} batches of {args.batch} "
+          f"on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (1 thread)"))
+    print(f"{'augmentation':<26}{'worker: audio s / CPU s':>25}{'device: audio s / s':>22}{'device ms / example':>21}")
+    rows = [(name, [f"augmentation=[{name}]"], True) for name in EACH]
+    rows += [("all", ["augmentation=all"], False), ("all (p=1)", ["augmentation=all"], True)]
+
+    def clock():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return time.process_time()
+
+    for label, overrides, forced in rows:
+        node = compose(data + overrides).augmentation
+        for name in [n for n in node if n != "placement"]:
+            if forced:
+                node[name].p = 1.0
+        augment = DeviceAugmentation(build_pipeline(node, dm.sample_rate), dm.chunk_frames)
+        frames = build_pipeline(node, dm.sample_rate).input_frames(dm.chunk_frames)
+        rng = np.random.default_rng(1)
+        worker = device_time = 0.0
+        for b in range(batches + 1):  # the first batch warms up (kernels, allocator) and is not counted
+            start = time.process_time()
+            items = []
+            for _ in range(args.batch):
+                index = int(rng.integers(len(dm.train_tracks)))
+                sources = dm.train_tracks.load(index, int(rng.integers(dm.train_tracks.num_frames(index) - frames + 1)),
+                                               frames)
+                stacked = np.stack(list(sources.values()))
+                items.append({"sources": torch.from_numpy(stacked), "params": augment.draw(rng, stacked.shape)})
+            batch = default_collate(items)
+            if b:
+                worker += time.process_time() - start
+            batch = {"sources": batch["sources"].to(device), "params": batch["params"]}
+            start = clock()
+            sources, noise = augment(batch["sources"], batch["params"])
+            mix_batch(sources, dm.groups, dm.sources, noise)
+            if b:
+                device_time += clock() - start
+        audio = chunk_s * args.batch * batches
+        print(f"{label:<26}{audio / worker:25.1f}{audio / device_time:22.1f}"
+              f"{1000 * device_time / (args.batch * batches):21.2f}")
 
 
 class DataWait:
@@ -158,15 +223,28 @@ def data_wait(args) -> None:
             print(f"{label:<16}{dm.num_workers:>8}{dm.batch_size:>7}{step:10.2f}{100 * share:17.1f}%")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=48, help="examples per throughput row")
     parser.add_argument("--tracks", type=int, default=16, help="synthetic training tracks to generate")
+    parser.add_argument("--sample-rate", type=int, default=44100, help="Hz (the throughput parts)")
+    parser.add_argument("--chunk-seconds", type=float, default=2.0, help="example length (the throughput parts)")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="where the device placement runs")
+    parser.add_argument("--batch", type=int, default=16, help="examples per device call")
+    parser.add_argument("--no-loader", action="store_true", help="skip part 1 (the loader placement)")
     parser.add_argument("--steps", type=int, default=20, help="training steps counted per run")
     parser.add_argument("--skip", type=int, default=3, help="first training steps not counted")
     parser.add_argument("--no-training", action="store_true", help="throughput only")
     args = parser.parse_args()
-    throughput(args)
+    if not args.no_loader:
+        throughput(args)
+    device_throughput(args)
     if not args.no_training:
         data_wait(args)
 

@@ -38,6 +38,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 _WANDB_HOME = Path(tempfile.mkdtemp(prefix="msslab-tests-wandb-"))
 for _var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
     os.environ[_var] = str(_WANDB_HOME / _var.lower())
+# The synthetic-data cache (data.cache_dir: null) goes to a folder of this session, not the user's.
+os.environ["XDG_CACHE_HOME"] = str(_WANDB_HOME / "cache")
 
 
 def console_script(name: str) -> str:

@@ -109,7 +109,8 @@ def test_selections_compose_and_build_in_canonical_order():
         nothing = compose("train", overrides=["augmentation=[]"]).get("augmentation")
         extended = compose("train", overrides=["augmentation=[all,gain,remix]", "augmentation.reverb.p=1"]).augmentation
     assert build_pipeline(picked, SR).names == ["pitch_shift", "reverb"]  # list order does not matter
-    assert sorted(everything) == ["background_noise", "pitch_shift", "reverb", "time_stretch"]
+    assert sorted(everything) == ["background_noise", "pitch_shift", "placement", "reverb", "time_stretch"]
+    assert everything.placement == "loader" and dict(nothing) == {"placement": "loader"}  # the default setting
     assert build_pipeline(everything, SR).names == ["time_stretch", "pitch_shift", "reverb", "background_noise"]
     assert build_pipeline(nothing, SR) is None and build_pipeline({}, SR) is None
     pipeline = build_pipeline(extended, SR)
@@ -321,6 +322,29 @@ def test_reverb_from_a_folder_of_impulse_responses(tmp_path):
     out, _ = pipeline(impulse(), np.random.default_rng(0))
     assert int(np.argmax(np.abs(out["vocals"][0]))) == 100  # aligned with the dry source
     assert rt60(out["vocals"][0], 101) == pytest.approx(decay, rel=0.1)
+
+
+def test_reverb_per_source_from_a_folder_takes_every_source_from_one_room(tmp_path):
+    rate = SR
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.5 * rate)) / rate
+    decays = {"small": 0.2, "hall": 1.0}  # a room is a subfolder; its files are positions in it
+    for room, decay in decays.items():
+        (tmp_path / room).mkdir()
+        for position in range(3):
+            ir = rng.standard_normal((len(t), 2)) * np.exp(-np.log(1000) * t / decay)[:, None] * 0.1
+            ir[0] = 1.0
+            sf.write(tmp_path / room / f"position{position}.wav", ir, rate)
+    pipeline = always("reverb", reverb={"ir_dir": str(tmp_path), "wet_level": [1.0, 1.0], "per_source": True})
+    sources = {name: impulse()["vocals"] for name in ("vocals", "drums", "bass", "other")}
+    rooms = set()
+    for seed in range(6):
+        out, _ = pipeline(sources, np.random.default_rng(seed))
+        measured = [rt60(out[name][0], 101) for name in sources]
+        assert max(measured) - min(measured) < 0.3, (seed, measured)  # one room per example ...
+        assert len({out[name].tobytes() for name in sources}) == 3  # ... at its 3 positions (one used twice)
+        rooms.add(min(decays, key=lambda r: abs(decays[r] - measured[0])))
+    assert rooms == set(decays)
 
 
 def test_gain_and_channel_swap():

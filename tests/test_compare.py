@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from hydra import compose, initialize_config_dir
 
 from msslab.compare import CONFIG_DIR, hydra_argv, run
@@ -174,6 +175,10 @@ def test_paired_test_unit():
         assert not same.significant and same.verdict == "not significant" and same.median_diff == 0
         assert paired_test([np.nan], [1.0], method=method).verdict == "no pairs"
     assert paired_test(b, b.copy()).p_value == 1.0
+    # The signed-rank test drops zero differences: n counts the pairs it used.
+    tied = paired_test([1.0, 2.0, 3.0, 5.0, 6.0, 9.0], [1.0, 2.0, 3.0, 4.0, 4.0, 6.0])
+    assert tied.n == 3 and tied.median_diff == pytest.approx(0.5)
+    assert paired_test([1.0, 2.0, 3.0, 5.0, 6.0, 9.0], [1.0, 2.0, 3.0, 4.0, 4.0, 6.0], method="bootstrap").n == 6
     with pytest.raises(CompareError, match="unknown test"):
         paired_test(b, b, method="ttest")
 
@@ -289,3 +294,38 @@ def test_variant_names_when_keys_are_missing_in_some_runs():
         "augmentation=[reverb] trainer=smoke",  # a key that tells two variants apart is shown for all
         "augmentation=[]",
     ]
+
+
+def test_conditions_get_seed_means_paired_tests_and_drops(tmp_path: Path):
+    """A 2-run x 2-seed sweep scored under clean and noise: augmentation helps under noise only."""
+    root = tmp_path / "multirun" / "conditions"
+    for job, (variant, seed) in enumerate((v, s) for v in (BASELINE, BETTER) for s in SEEDS):
+        write_run(root / str(job), BASELINE if variant == BASELINE else SAME, seed)  # clean: identical scores
+        results = json.loads((root / str(job) / "results.json").read_text())
+        results["choices"]["augmentation"] = AUGMENTATIONS[variant]
+        results["overrides"][0] = f"augmentation={variant.split('=', 1)[1]}"
+        noisy = {t: {s: {m: v - 6.0 + (2.0 + 0.1 * i if variant == BETTER else 0.0) for m, v in scores.items()}
+                     for s, scores in per_source.items()} for i, (t, per_source) in enumerate(results["tracks"].items())}
+        results["conditions"] = {"clean": {"sources": results["sources"], "tracks": results["tracks"], "parameters": {}},
+                                 "noise": {"sources": {}, "tracks": noisy, "parameters": {}}}
+        (root / str(job) / "results.json").write_text(json.dumps(results))
+    report = compare_runs(root, output=tmp_path / "report", baseline=BASELINE, progress=False)
+    tests = report.condition_tests.set_index(["condition", "variant", "source", "metric"])
+    noise = tests.loc[("noise", BETTER, "vocals", "SDR")]
+    assert noise["paired_on"] == "track+seed" and noise["n"] == len(TRACKS) * len(SEEDS)
+    assert noise["significant"] and noise["median_diff"] == pytest.approx(2.35)
+    assert not tests.loc[("clean", BETTER, "vocals", "SDR")]["significant"]
+    means = report.conditions.set_index(["variant", "condition", "source", "metric"])
+    row = means.loc[(BASELINE, "clean", "vocals", "SDR")]
+    per_seed = [np.median([tracks_for(BASELINE, s)[t]["vocals"]["SDR"] for t in TRACKS]) for s in SEEDS]
+    assert row["seeds"] == 2 and row["mean"] == pytest.approx(np.mean(per_seed))
+    half = stats.t.ppf(0.975, 1) * np.std(per_seed, ddof=1) / np.sqrt(2)
+    assert row["ci_low"] == pytest.approx(np.mean(per_seed) - half) and row["ci_high"] == pytest.approx(np.mean(per_seed) + half)
+    drops = report.robustness.set_index(["variant", "condition", "source", "metric"])["drop"]
+    assert drops[(BASELINE, "noise", "vocals", "SDR")] == pytest.approx(6.0)
+    assert drops[(BETTER, "noise", "vocals", "SDR")] < 4.0
+    text = (tmp_path / "report" / "comparison.md").read_text()
+    assert "### noise" in text and "## Robustness" in text
+    for name in ("comparison_conditions.csv", "comparison_condition_tests.csv", "comparison_robustness.csv",
+                 "comparison_conditions_SDR.png", "comparison_conditions_SIR.png"):
+        assert (tmp_path / "report" / name).is_file(), name

@@ -198,6 +198,38 @@ def test_datamodule_groups_targets_and_draws_chunks(tmp_path):
     assert mixture.shape == (2, 32000)
 
 
+def test_tracks_too_short_for_time_stretch_are_refused_before_training(tmp_path):
+    # 2.1 s tracks hold one 2 s chunk, but time_stretch up to rate 1.1 loads ceil(2 s x 1.1) = 2.2 s.
+    root = hq_root(tmp_path, train=("A", "B", OFFICIAL[1]), test=("T",), seconds=2.1, sr=16000)
+    sets = {f"{s}_tracks": StemFolderTracks(str(root), s, 16000, MUSDB_SOURCES, min_seconds=2.0)
+            for s in ("train", "valid", "test")}
+    stretch = {"time_stretch": {"_target_": "msslab.augmentation.TimeStretch", "p": 1.0, "rate": [0.9, 1.1]}}
+    dm = MSSDataModule(**sets, sample_rate=16000, targets=None, chunk_seconds=2.0, samples_per_track=1,
+                       batch_size=1, num_workers=0, augmentation=stretch)
+    with pytest.raises(DataError, match=r"'A'.*33600 samples\) .*35200 samples to load.*time_stretch"):
+        dm.setup("fit")
+    unstretched = MSSDataModule(**sets, sample_rate=16000, targets=None, chunk_seconds=2.0, samples_per_track=1,
+                                batch_size=1, num_workers=0)
+    unstretched.setup("fit")
+    assert unstretched.train_set[0][0].shape == (2, 32000)
+    assert "silence-padded" not in (CONF_DIR / "augmentation" / "time_stretch.yaml").read_text()  # it is not
+
+
+def test_reading_past_the_end_names_the_file(tmp_path):
+    path = str(tmp_path / "song" / "vocals.wav")
+    for rate in (16000, 22050):  # one second, read as is and resampled to 16 kHz
+        spans = []
+
+        def read(start, stop):
+            spans.append((start, stop))
+            return {"vocals": np.zeros((2, max(0, min(stop, rate) - start)), np.float32)}
+
+        for offset, frames in ((20000, 100), (15900, 200), (-1, 10)):
+            with pytest.raises(DataError, match="song/vocals.wav.*outside its 16000 samples"):
+                audio_module.read_resampled(read, rate, rate, 16000, offset, frames, path)
+        assert not spans  # refused before reading
+
+
 def test_silent_target_chunks_are_redrawn(tmp_path):
     folder = write_track(tmp_path / "train" / "half silent", seconds=4.0, sr=16000)
     vocals, sr = sf.read(folder / "vocals.wav")

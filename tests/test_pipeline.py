@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,55 @@ def test_checkpoint_rebuilds_the_trained_system(smoke_run):
     assert system.targets == SOURCES and system.spectrogram.sample_rate == 8000
     assert system.spectrogram.n_fft == 256 and system.model.rnn.hidden_size == 16  # 32 over two directions
     assert not system.training
-    weights = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    weights = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     for name, tensor in system.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     # Input statistics were set from the data (not the identity defaults).
     assert not torch.equal(system.model.input_mean, torch.zeros_like(system.model.input_mean))
+
+
+class _TouchOnUnpickle:
+    """Unpickling this calls ``Path.touch``: a stand-in for code hidden in a downloaded checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(smoke_run, tmp_path):
+    from msslab.errors import CheckpointError
+    from msslab.system import load_checkpoint
+
+    checkpoint = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=True)
+    marker = tmp_path / "code-ran"
+    checkpoint["extra"] = _TouchOnUnpickle(marker)
+    path = tmp_path / "downloaded.ckpt"
+    torch.save(checkpoint, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()  # the pickled call never ran
+
+
+def test_a_checkpoint_from_before_run_identities_takes_it_from_its_run_directory(smoke_run, tmp_path):
+    from msslab.system import load_checkpoint
+
+    checkpoint = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["msslab_config"]["run"]["seed"] == smoke_run.results["seed"]
+    del checkpoint["msslab_config"]["run"]
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    old = tmp_path / "run" / "checkpoints" / "old.ckpt"
+    torch.save(checkpoint, old)
+    bare = load_checkpoint(old).config["run"]  # no .hydra beside it: what the config itself says
+    assert bare["source"] == "config" and bare["seed"] == smoke_run.results["seed"] and bare["choices"] == {
+        "augmentation": []}
+    shutil.copytree(smoke_run.run_dir / ".hydra", tmp_path / "run" / ".hydra")
+    run = load_checkpoint(old).config["run"]
+    assert run["source"] == "run directory" and run["seed"] == smoke_run.results["seed"]
+    assert run["choices"] == smoke_run.results["choices"] and run["overrides"] == smoke_run.results["overrides"]
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -119,8 +164,8 @@ def test_same_seed_trains_the_same_model(smoke_run, compose_train, tmp_path):
     assert again["status"] == "completed" and again["choices"]["logger"] == "none"
     assert best_val == pytest.approx(smoke_run.results["best_val"], abs=1e-6)
     assert again["epochs"] == smoke_run.results["epochs"]
-    first = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    second = torch.load(again["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    first = torch.load(smoke_run.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    second = torch.load(again["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     assert first.keys() == second.keys()
     for name in first:
         assert torch.allclose(first[name].float(), second[name].float(), atol=1e-6), name
@@ -137,7 +182,7 @@ def evaluations(smoke_run, cli_factory, tmp_path_factory):
     common = ["experiment=smoke", "data.test_tracks.nb_tracks=1"]
     commands = {
         # Quoted: Hydra's override grammar does not take the "=" of Lightning's "best-epoch=001.ckpt" bare.
-        "checkpoint": ["msslab-eval", f"ckpt='{smoke_run.best_checkpoint}'"],
+        "checkpoint": ["msslab-eval", f"ckpt='{smoke_run.best_checkpoint}'", "seed=7"],
         "oracle": ["msslab-eval", "model=oracle_irm"],
         "mixture": ["msslab-eval", "model=mixture"],
     }
@@ -162,7 +207,11 @@ def evaluation(evaluations, key: str) -> dict:
 
 def test_evaluating_the_checkpoint_again_gives_the_same_scores(evaluations, smoke_run):
     results = evaluation(evaluations, "checkpoint")
-    assert results["choices"]["experiment"] == "smoke" and results["train_seconds"] == 0.0
+    assert results["train_seconds"] == 0.0
+    # Recorded as the run that trained the checkpoint, not as the evaluation command (seed=7).
+    for key in ("choices", "overrides", "seed"):
+        assert results[key] == smoke_run.results[key], key
+    assert "seed=7" in results["eval_overrides"] and "data.test_tracks.nb_tracks=1" in results["eval_overrides"]
     track = results["tracks"]["synthetic-test-000"]
     for source in SOURCES:
         for metric in METRICS:

@@ -59,7 +59,9 @@ def sweep_jobs(preset: str, *extra: str) -> list[list[str]]:
 
 
 def augmentations(cfg) -> list[str]:
-    return list(cfg.get("augmentation") or {})
+    from msslab.augmentation import stage_names
+
+    return stage_names(cfg.get("augmentation"))
 
 
 def test_paper_preset_is_the_papers_system():

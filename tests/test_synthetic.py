@@ -213,3 +213,71 @@ def test_accompaniment_is_drums_plus_bass_plus_other(tmp_path, compose_train):
     dm.setup("fit")
     mixture, targets = dm.train_set[0]
     np.testing.assert_allclose(mixture.numpy(), targets.sum(0).numpy(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ disk cache
+
+def test_cache_is_hit_the_second_time_and_a_changed_parameter_misses(tmp_path, monkeypatch):
+    import msslab.data.synthetic as synthetic
+
+    def tracks(**changes):
+        return SyntheticTracks(**({"nb_tracks": 2, "seconds": 1.0, "sample_rate": 8000, "seed": 11, "split": "train",
+                                   "cache_dir": str(tmp_path), "workers": 0} | changes))
+
+    first = tracks()
+    first.prepare()
+    files = sorted((tmp_path / "synthetic").iterdir())
+    assert [f.suffix for f in files] == [".npy", ".npy"]  # one per track, no temporary file left behind
+
+    def no_rendering(*args):
+        raise AssertionError("rendered although the track is cached")
+
+    monkeypatch.setattr(synthetic, "_render", no_rendering)
+    second = tracks()
+    second.prepare()  # read from disk
+    for i in range(2):
+        for name in SOURCES:
+            np.testing.assert_array_equal(second.load(i)[name], first.load(i)[name])
+    # everything that determines a track is in its key: each change misses the cache
+    for changes in ({"seed": 12}, {"seconds": 1.5}, {"sample_rate": 16000}, {"noise_floor_db": -50.0}):
+        changed = tracks(**changes)
+        assert all(not changed.cache_path(i).exists() for i in range(2)), changes
+        with pytest.raises(AssertionError, match="rendered although"):
+            changed.prepare()
+    monkeypatch.setattr(synthetic, "CODE_VERSION", "another-generator")
+    assert not tracks().cache_path(0).exists()
+
+
+def test_a_damaged_cache_file_is_rendered_again(tmp_path):
+    tracks = SyntheticTracks(nb_tracks=1, seconds=1.0, sample_rate=8000, seed=3, cache_dir=str(tmp_path), workers=0)
+    tracks.prepare()
+    path = tracks.cache_path(0)
+    good = np.load(path)
+    path.write_bytes(path.read_bytes()[:100])  # e.g. a copy cut short
+    again = SyntheticTracks(nb_tracks=1, seconds=1.0, sample_rate=8000, seed=3, cache_dir=str(tmp_path), workers=0)
+    again.prepare()
+    np.testing.assert_array_equal(np.stack(list(again.load(0).values())), good)
+    np.testing.assert_array_equal(np.load(path), good)
+
+
+def test_parallel_rendering_equals_serial_and_no_cache_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parallel = SyntheticTracks(nb_tracks=3, seconds=1.0, sample_rate=8000, seed=21, cache_dir=str(tmp_path / "c"),
+                               workers=2)
+    parallel.prepare()
+    serial = SyntheticTracks(nb_tracks=3, seconds=1.0, sample_rate=8000, seed=21, cache_dir=False, workers=0)
+    serial.prepare()
+    for i in range(3):
+        for name in SOURCES:
+            np.testing.assert_array_equal(parallel.load(i)[name], serial.load(i)[name])
+    assert len(list((tmp_path / "c" / "synthetic").iterdir())) == 3
+    assert serial.cache_path(0) is None and sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_default_cache_dir_honours_xdg_cache_home(tmp_path, monkeypatch):
+    from msslab.data.synthetic import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "msslab"
+    tracks = SyntheticTracks(nb_tracks=1, seconds=0.5, sample_rate=8000, seed=1)
+    assert tracks.cache_path(0).parent == tmp_path / "msslab" / "synthetic"

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .errors import exit_on_user_error
 from .metric import bsseval
-from .results import results_table, write_results
+from .results import results_table, run_identity, write_results
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -67,11 +67,14 @@ def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_f
     return out / weight
 
 
-def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None) -> dict:
+def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None,
+                    condition=None) -> dict:
     """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example"}``.
 
     Separation runs in this process; museval (the slow part) runs in ``metric_cfg.n_jobs``
-    worker processes while the next tracks are separated.
+    worker processes while the next tracks are separated. ``condition``: a
+    :class:`msslab.conditions.Condition` that perturbs each test track (None or clean: as is;
+    otherwise the museval files go to ``museval/<condition>/``).
     """
     start_time = time.perf_counter()
     system.eval()
@@ -81,7 +84,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
     chunk, overlap = int(separation_cfg.chunk_seconds * sr), int(separation_cfg.overlap_seconds * sr)
     n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
     kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
-    museval_dir = Path(run_dir) / "museval"
+    museval_dir = Path(run_dir) / "museval" / ("" if condition is None or condition.clean else condition.name)
     track_medians, example = {}, None
 
     def collect(result):
@@ -92,7 +95,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
     pending = []
     try:
         for i in tqdm(range(nb), desc="separating + museval", unit="track"):
-            name, mixture, targets = datamodule.test_track(i)
+            name, mixture, targets = datamodule.test_track(i, condition)
             true = targets if system.needs_targets else None
             estimates = separate_chunked(system, mixture.to(system.device), chunk, overlap,
                                          None if true is None else true.to(system.device)).cpu()
@@ -115,6 +118,38 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
             "eval_seconds": time.perf_counter() - start_time, "example": example}
 
 
+def evaluate_conditions(system, datamodule, run_dir: Path, cfg) -> dict:
+    """:func:`evaluate_system` once per test condition of ``cfg.conditions`` (default: clean).
+
+    Returns the clean condition's ``{"sources", "tracks", "example"}`` (the first
+    condition's when clean is not selected) plus ``"conditions": {name: {"sources",
+    "tracks", "parameters"}}`` (parameters: what was drawn per track) and the total
+    ``"eval_seconds"``.
+    """
+    from .conditions import CLEAN, build_conditions
+
+    conditions = build_conditions(cfg.get("conditions"), datamodule.sample_rate)
+    scored = {}
+    for name, condition in conditions.items():
+        if len(conditions) > 1:
+            log.info("test condition %s", name)
+        scored[name] = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation,
+                                       condition=condition)
+    main = scored.get(CLEAN) or next(iter(scored.values()))
+    return {"sources": main["sources"], "tracks": main["tracks"], "example": main["example"],
+            "eval_seconds": sum(r["eval_seconds"] for r in scored.values()),
+            "conditions": {name: {"sources": r["sources"], "tracks": r["tracks"],
+                                  "parameters": conditions[name].parameters} for name, r in scored.items()}}
+
+
+def print_conditions(results: dict) -> None:
+    """One table per test condition beyond the main one."""
+    if len(results.get("conditions", {})) < 2:
+        return
+    for name, scores in results["conditions"].items():
+        print_table(scores["sources"], f"condition {name}: museval medians (dB) over {len(scores['tracks'])} tracks")
+
+
 def print_table(sources: dict, title: str) -> str:
     text = f"{title}\n{results_table(sources).round(2).to_string()}"
     print(text, flush=True)
@@ -122,14 +157,8 @@ def print_table(sources: dict, title: str) -> str:
 
 
 def run_choices() -> dict:
-    """The config choices of this run (``model``, ``data``, ... and the augmentation list)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    choices = dict(HydraConfig.get().runtime.choices)
-    picked = {k: v for k, v in choices.items() if not k.startswith("hydra") and "/" not in k}
-    return picked
+    """The config-group choices of this run (``model``, ``data``, ...)."""
+    return run_identity()["choices"]
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -153,11 +182,16 @@ def evaluate(cfg: DictConfig) -> dict:
         if any(p.requires_grad for p in system.model.parameters()):
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
-    choices = run_choices()
-    write_results(run_dir, status="completed", choices=choices, ckpt=str(cfg.ckpt) if cfg.ckpt else None,
-                  seed=cfg.seed, sources=results["sources"], tracks=results["tracks"], train_seconds=0.0,
-                  eval_seconds=results["eval_seconds"])
+    results = evaluate_conditions(system, datamodule, run_dir, cfg)
+    # Named as the run that trained the model (so compare pairs it with that run's seeds and
+    # variants); what this command set (data, metric, separation) is recorded beside it.
+    identity = system.config["run"]
+    extra = {"eval_overrides": run_identity()["overrides"], "identity_from": identity.get("source")} if cfg.ckpt else {}
+    write_results(run_dir, status="completed", choices=identity["choices"], overrides=identity["overrides"],
+                  seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, **extra,
+                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
+                  train_seconds=0.0, eval_seconds=results["eval_seconds"])
+    print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results
 

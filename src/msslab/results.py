@@ -3,7 +3,9 @@
 Shape (see DESIGN.md): ``status``, ``run_id``, ``choices``, ``overrides``, ``seed``,
 ``sources`` ({target: {SDR, SIR, SAR, ISR}}, medians over frames then tracks, dB),
 ``tracks`` ({track: {target: {metric: dB}}}, per-track medians), ``train_seconds``,
-``eval_seconds``, and ``error`` for a failed run.
+``eval_seconds``, and ``error`` for a failed run. An evaluation of a checkpoint
+records the training run's ``choices``, ``seed`` and ``overrides`` (its identity) and
+adds ``eval_overrides``: what the evaluation command set (data, metric, separation, ...).
 """
 
 from __future__ import annotations
@@ -65,3 +67,50 @@ def read_results(path: Path) -> dict:
 def results_table(sources: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Targets as rows, SDR/SIR/SAR/ISR as columns (dB)."""
     return pd.DataFrame(sources).T[["SDR", "SIR", "SAR", "ISR"]].astype(float)
+
+
+def run_identity(cfg=None) -> dict:
+    """``{"choices", "overrides", "seed"}`` of the Hydra app running now (what names and pairs a run).
+
+    ``choices``: the config-group choices (``model``, ``data``, ...; ``experiment``
+    only when one was picked) and, with ``cfg``, the augmentation list read off
+    its merged node. ``overrides``: the command-line overrides. Outside a Hydra
+    app both are empty.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    choices, overrides = {}, []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and "/" not in k}
+        overrides = list(hydra_cfg.overrides.task)
+    if choices.get("experiment") is None:
+        choices.pop("experiment", None)
+    seed = None
+    if cfg is not None:
+        choices["augmentation"] = list(cfg.get("augmentation") or {})
+        seed = cfg.get("seed")
+    return {"choices": choices, "overrides": overrides, "seed": seed}
+
+
+def stored_identity(config: dict, run_dir: Path | None) -> dict:
+    """The identity of the run that trained a checkpoint whose ``msslab_config`` is ``config``.
+
+    Checkpoints record it (``config["run"]``); for older ones it is read from the
+    run directory's ``.hydra/`` files, or, without those, built from the config
+    itself (seed and augmentation list only; ``source`` says which).
+    """
+    if config.get("run"):
+        return dict(config["run"]) | {"source": "checkpoint"}
+    from omegaconf import OmegaConf
+
+    hydra_dir = Path(run_dir) / ".hydra" if run_dir is not None else None
+    choices, overrides, source = {}, [], "config"
+    if hydra_dir is not None and (hydra_dir / "hydra.yaml").is_file():
+        node = OmegaConf.load(hydra_dir / "hydra.yaml")
+        choices = {k: v for k, v in OmegaConf.to_container(node.hydra.runtime.choices).items()
+                   if not k.startswith("hydra") and "/" not in k and v is not None}
+        overrides = [str(o) for o in OmegaConf.to_container(node.hydra.overrides.task)]
+        source = "run directory"
+    choices["augmentation"] = list(config.get("augmentation") or {})
+    return {"choices": choices, "overrides": overrides, "seed": config.get("seed"), "source": source}

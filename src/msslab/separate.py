@@ -79,6 +79,10 @@ def separate(cfg: DictConfig) -> list[Path]:
     if existing and not cfg.overwrite:
         raise AudioFileError(f"output: {len(existing)} file(s) exist already, e.g. {existing[0]}; "
                              "choose another output= or pass overwrite=true")
+    if cfg.streaming:  # block by block with a causal model (msslab.streaming)
+        from .streaming import stream_files
+
+        return stream_files(system, plan, cfg.block_ms)
     audio = {path: read_audio(path) for path in inputs}  # fail on a bad input before writing anything
     written = []
     for path, (samples, rate) in audio.items():

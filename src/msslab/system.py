@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
 
 import lightning.pytorch as pl
@@ -96,7 +97,7 @@ class SeparationSystem(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         # One pass gives both the loss and the estimates scored (plain masking, as in training).
         loss, estimates = self._step(batch, waveforms=True)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0])
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].shape[0], sync_dist=True)
         scores = FAST_METRICS[self.val_metric](estimates, batch[1])  # (B, S)
         for j, target in enumerate(self.targets):
             self._val_scores[target].append(scores[:, j].detach().cpu())
@@ -104,11 +105,13 @@ class SeparationSystem(pl.LightningModule):
     def on_validation_epoch_end(self):
         if not self._val_scores:
             return
-        medians = {t: torch.cat(v).nanmedian() for t, v in self._val_scores.items()}
+        # Under DDP each process scored its shard: the median is over every process's chunks.
+        medians = {t: self.all_gather(torch.cat(v).to(self.device)).flatten().nanmedian()
+                   for t, v in self._val_scores.items()}
         for target, value in medians.items():
-            self.log(f"val/{self.val_metric}/{target}", value)
+            self.log(f"val/{self.val_metric}/{target}", value, sync_dist=True)  # equal on every process
         # The mean over targets is what checkpoints, early stopping and sweeps optimise.
-        self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True)
+        self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True, sync_dist=True)
         self._val_scores.clear()
 
     def configure_optimizers(self):
@@ -132,6 +135,10 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from .results import run_identity
+
+    # The training run's identity travels in the checkpoint (evaluations record it, not their own).
+    run = OmegaConf.to_container(cfg.run) if cfg.get("run") else run_identity(cfg)
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=nb_channels,
                         nb_targets=len(targets), residual=residual)
@@ -139,27 +146,43 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
         model, spectrogram, targets, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         val_metric=cfg.metric.validation, wiener_iterations=cfg.separation.wiener_iterations, residual=residual,
-        config=OmegaConf.to_container(cfg, resolve=True) | {"targets": targets, "nb_channels": nb_channels, "residual": residual})
+        config=OmegaConf.to_container(cfg, resolve=True) | {"targets": targets, "nb_channels": nb_channels, "residual": residual,
+                                                            "run": run})
 
 
 def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
-    """Rebuild a trained system from a checkpoint written by ``msslab-train``."""
+    """Rebuild a trained system from a checkpoint written by ``msslab-train``.
+
+    Only tensors and plain data are unpickled (``weights_only=True``): a checkpoint that
+    needs more (pickled callables, custom classes) raises :class:`CheckpointError`
+    without running any of it.
+    """
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     from .errors import CheckpointError
+    from .results import stored_identity
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"ckpt: checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain data only; a pickled object (code) is refused, never run.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        if "global" in reason.lower():  # a class or function to import and call: code, not data
+            raise CheckpointError(f"ckpt: {path} refused: it holds pickled objects, which would run code when loaded "
+                                  f"(msslab checkpoints hold only tensors and plain data): {reason}") from None
+        raise CheckpointError(f"ckpt: checkpoint {path} could not be read ({reason})") from None
     except Exception as exc:
         raise CheckpointError(f"ckpt: checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
     config = checkpoint.get("msslab_config") if isinstance(checkpoint, dict) else None
     if not config or "state_dict" not in checkpoint:
         raise CheckpointError(f"ckpt: {path} was not written by msslab-train (it holds no msslab_config / state_dict)")
+    # A checkpoint from before identities were stored: the run directory (run/checkpoints/x.ckpt) knows it.
+    config["run"] = stored_identity(config, path.parent.parent)
     cfg = OmegaConf.create(config)
     system = build_system(cfg, config["targets"], config["nb_channels"], config["residual"])
     system.load_state_dict(checkpoint["state_dict"])

@@ -17,14 +17,16 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .augmentation import AugmentationError, check_overrides
+from .augmentation import AugmentationError, check_overrides, stage_names
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_system, print_table, run_choices
+from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
 from .logger import build_loggers, log_test_results
 from .results import write_results
-from .runs import RunDirBusy, is_finite, locked, prepare, record_resume, resume_arguments, resume_history
+from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_arguments,
+                   resume_history)
 from .search import Pruned
 from .system import build_system, covers_mixture
 
@@ -36,16 +38,16 @@ def _choices(cfg: DictConfig) -> dict:
     choices = run_choices()
     if choices.get("experiment") is None:
         choices.pop("experiment", None)
-    choices["augmentation"] = list(cfg.get("augmentation") or {})
+    choices["augmentation"] = stage_names(cfg.get("augmentation"))
     return choices
 
 
-def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict:
+def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     """Fit (continuing from ``ckpt_path`` if given), test the best checkpoint, log and write results.
 
-    Returns the results dict. Once results.json says completed, a failure of what follows
-    (W&B media, logger finalisation, the printed table) is recorded in its ``warnings``
-    instead of failing the run.
+    Returns the results dict (None on DDP ranks > 0). Once results.json says completed, a
+    failure of what follows (W&B media, logger finalisation, the printed tables) is recorded
+    in its ``warnings`` instead of failing the run.
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,17 +77,20 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict:
     start = time.perf_counter()
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
+        return None
     resumes = resume_history(run_dir)
 
     # The callback that keeps the best validation score (step.ckpt has no monitor).
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
-        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=False)["state_dict"])
+        system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
     best_score = checkpoint.best_model_score if checkpoint is not None else None
-    results = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation)
+    results = evaluate_conditions(system, datamodule, run_dir, cfg)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
+                  train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   global_step=trainer.global_step, resumes=resumes,
                   best_checkpoint=best_path or None,
@@ -104,7 +109,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict:
     warnings = []
     for what, step in (("logging the test results", lambda: log_test_results(loggers, results, results["example"])),
                        ("finalizing the loggers", finalize_loggers),
-                       ("printing the table", lambda: print_table(results["sources"], title))):
+                       ("printing the tables", lambda: (print_conditions(results), print_table(results["sources"], title)))):
         try:
             step()
         except Exception as exc:  # the scores are on disk: a logging failure must not fail the run
@@ -147,6 +152,9 @@ def run(cfg: DictConfig) -> float:
     resume = cfg.get("resume")
     if resume is None and _multirun():
         resume = "auto"  # a relaunched sweep continues each job's directory
+    if rank_zero_only.rank != 0:  # DDP: rank 0 holds the lock and decided; the others follow its checkpoint
+        train(cfg, latest_checkpoint(run_dir) if resume is not None else None)
+        return float("nan")
     try:
         with locked(run_dir):
             return _run_locked(cfg, run_dir, resume)
@@ -191,6 +199,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
+        if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
+            raise
         write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
@@ -213,8 +223,10 @@ def _failed_value(exc: Exception) -> float:
     raise exc
 
 
-def _objective(record: dict) -> float:
+def _objective(record: dict | None) -> float:
     """The best validation score; a completed run without one is a failed trial for Optuna."""
+    if record is None:  # a DDP rank > 0
+        return float("nan")
     value = record.get("best_val")
     if is_finite(value):
         return float(value)

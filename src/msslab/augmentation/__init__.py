@@ -16,19 +16,26 @@ Interface used by the data module (see ``msslab.data.datamodule``):
 ``pipeline.remix_p``: probability that an example's sources are drawn from
 different tracks (the data set does the drawing).
 
+``augmentation.placement`` (``loader``, default, or ``device``) says where the
+stages run; with ``device`` the loader only draws parameters and
+:class:`DeviceAugmentation` applies them batched on the training device.
+
 Stages run in the canonical order ``remix, gain, channel_swap, time_stretch,
 pitch_shift, reverb, background_noise`` whatever the order of the selection.
 """
 
 from __future__ import annotations
 
+from .device import PLACEMENTS, DeviceAugmentation, check_placement
 from .noise import BackgroundNoise
-from .pipeline import AVAILABLE, ORDER, AugmentationError, AugmentationPipeline, build_pipeline, check_overrides
+from .pipeline import (AVAILABLE, ORDER, RESERVED, AugmentationError, AugmentationPipeline, build_pipeline,
+                       check_overrides, stage_names)
 from .reverb import Reverb, synthetic_rir
 from .source import ChannelSwap, Gain, Remix
 from .stretch import PitchShift, TimeStretch
 
 __all__ = [
-    "AVAILABLE", "ORDER", "AugmentationError", "AugmentationPipeline", "build_pipeline", "check_overrides",
+    "AVAILABLE", "ORDER", "PLACEMENTS", "RESERVED", "AugmentationError", "AugmentationPipeline", "DeviceAugmentation",
+    "build_pipeline", "check_overrides", "check_placement", "stage_names",
     "BackgroundNoise", "ChannelSwap", "Gain", "PitchShift", "Remix", "Reverb", "TimeStretch", "synthetic_rir",
 ]

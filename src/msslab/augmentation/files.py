@@ -47,6 +47,13 @@ class AudioFolder:
     def __len__(self) -> int:
         return len(self.files)
 
+    def groups(self) -> list[list[int]]:
+        """File indices grouped by the folder that holds them (sorted; e.g. one room's IRs)."""
+        by_folder: dict = {}
+        for i, path in enumerate(self.files):
+            by_folder.setdefault(path.parent, []).append(i)
+        return [by_folder[k] for k in sorted(by_folder)]
+
     def load(self, index: int, sample_rate: int) -> np.ndarray:
         key = (index, sample_rate)
         if key in self._cache:

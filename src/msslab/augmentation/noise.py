@@ -59,28 +59,34 @@ class BackgroundNoise:
             raise AugmentationError("background_noise.modulation_hz must be > 0")
         self.folder = AudioFolder(noise_dir, "background_noise.noise_dir", cache_size) if noise_dir else None
         self.n_fft = int(n_fft)
+        self.parameters: dict = {}
 
     def noise(self, shape: tuple[int, int], sample_rate: int, rng) -> np.ndarray:
         """Unscaled noise of ``shape`` ``(channels, frames)``, float32."""
         channels, frames = shape
         if self.folder is not None:
-            audio = match_channels(self.folder.load(int(rng.integers(len(self.folder))), sample_rate), channels)
+            pick = int(rng.integers(len(self.folder)))
+            self.parameters["file"] = self.folder.files[pick].name
+            audio = match_channels(self.folder.load(pick, sample_rate), channels)
             if audio.shape[1] < frames:  # loop a short recording
                 audio = np.tile(audio, (1, -(-frames // audio.shape[1])))
             start = int(rng.integers(audio.shape[1] - frames + 1))
             noise = audio[:, start:start + frames].copy()
         else:
             color = self.colors[int(rng.integers(len(self.colors)))]
+            self.parameters["color"] = color
             # Draws from numpy's global generator, which the pipeline seeds from rng.
             noise = generate_decaying_white_noise((channels, frames), NOISE_COLOR_DECAYS[color], sample_rate,
                                                   n_fft=self.n_fft)
             noise -= noise.mean(axis=1, keepdims=True)  # the colouring filter leaves a DC offset
-        if rng.random() < self.nonstationary_p:
+        self.parameters["nonstationary"] = bool(rng.random() < self.nonstationary_p)
+        if self.parameters["nonstationary"]:
             noise *= level_envelope(frames, sample_rate, rng.uniform(*self.modulation_db),
                                     rng.uniform(*self.modulation_hz), rng)
         return noise.astype(np.float32, copy=False)
 
     def __call__(self, sources, mix_only, rng, sample_rate):
+        self.parameters = {}  # what this call drew (read by test conditions)
         if rng.random() >= self.p:
             return sources, mix_only
         mixture = np.sum(list(sources.values()), axis=0, dtype=np.float64)
@@ -88,6 +94,7 @@ class BackgroundNoise:
             mixture += mix_only
         signal_power = float(np.mean(mixture**2))
         snr = rng.uniform(*self.snr_db)
+        self.parameters["snr_db"] = float(snr)
         noise = self.noise(mixture.shape, sample_rate, rng)
         noise_power = float(np.mean(noise.astype(np.float64) ** 2))
         if signal_power <= 1e-12 or noise_power <= 0.0:  # SNR undefined for a silent mixture

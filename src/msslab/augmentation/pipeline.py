@@ -28,6 +28,8 @@ from ..errors import MsslabError
 # it loads the sources, i.e. before all of these.
 ORDER = ("remix", "gain", "channel_swap", "time_stretch", "pitch_shift", "reverb", "background_noise")
 AVAILABLE = tuple(sorted(ORDER))
+# Keys of the ``augmentation`` node that are settings, not stages (conf/train.yaml sets them).
+RESERVED = ("placement",)
 
 
 class AugmentationError(MsslabError, ValueError):
@@ -134,8 +136,17 @@ class AugmentationPipeline:
             assert v.shape == shapes[k] and v.dtype == np.float32, (k, v.shape, v.dtype)
         return sources, mix_only
 
+    def drawn(self) -> dict:
+        """``{stage: {parameter: value}}`` of the last call, for the stages that record their draws."""
+        return {name: dict(stage.parameters) for name, stage in self.stages if getattr(stage, "parameters", None)}
+
     def __repr__(self) -> str:
         return f"AugmentationPipeline({', '.join(self.names)}; sample_rate={self.sample_rate})"
+
+
+def stage_names(cfg) -> list[str]:
+    """The augmentations selected in a merged ``augmentation`` node, in selection order (settings left out)."""
+    return [str(k) for k in (cfg or {}) if str(k) not in RESERVED]
 
 
 def build_pipeline(cfg, sample_rate: int) -> AugmentationPipeline | None:
@@ -143,18 +154,18 @@ def build_pipeline(cfg, sample_rate: int) -> AugmentationPipeline | None:
 
     ``cfg`` has one key per selected augmentation (``{pitch_shift: {...}, reverb:
     {...}}``), each a ``_target_`` node (already instantiated stages are accepted
-    too). Empty or None gives None: no augmentation. An unknown key raises
+    too); settings such as ``placement`` are skipped. Empty or None gives None: no augmentation. An unknown key raises
     :class:`AugmentationError` listing the available augmentations.
     """
-    if cfg is None or len(cfg) == 0:
-        return None
-    if not isinstance(cfg, Mapping | DictConfig):
+    if cfg is not None and not isinstance(cfg, Mapping | DictConfig):
         raise AugmentationError(f"augmentation must be a mapping of name -> config, got {type(cfg).__name__}")
-    unknown = [str(k) for k in cfg if str(k) not in ORDER]
+    if not stage_names(cfg):
+        return None
+    unknown = [name for name in stage_names(cfg) if name not in ORDER]
     if unknown:
         raise AugmentationError(f"unknown augmentation(s) {unknown}; available: {', '.join(AVAILABLE)}")
     stages = {}
-    for name in cfg:
+    for name in stage_names(cfg):
         node = cfg[name]
         if isinstance(node, DictConfig | Mapping):
             if "_target_" not in node:

@@ -82,7 +82,9 @@ class Reverb:
         wet_level: ``[low, high]`` share of reverberant sound, 0 (dry) to 1 (wet only).
         dry_target: keep the targets dry (the network learns to dereverberate).
         per_source: every source its own position (IR realisation) in the shared
-            room (same RT60, size and wet level); False uses one IR for all.
+            room (same RT60, size and wet level); False uses one IR for all. With
+            ``ir_dir``, a room is a folder: the IRs of all sources come from one
+            (sub)folder of ``ir_dir``, so keep each room's recordings in its own folder.
         early_reflections: discrete early reflections per generated IR channel.
         ir_dir: folder of recorded impulse responses to use instead of generated
             ones (``rt60``, ``room_size`` then do not apply); None generates.
@@ -103,22 +105,28 @@ class Reverb:
         self.dry_target, self.per_source = bool(dry_target), bool(per_source)
         self.early_reflections = int(early_reflections)
         self.folder = AudioFolder(ir_dir, "reverb.ir_dir", cache_size) if ir_dir else None
+        self.rooms = self.folder.groups() if self.folder is not None else []
+        self.parameters: dict = {}
 
     def impulse_responses(self, count: int, channels: int, sample_rate: int, rng) -> np.ndarray:
         """``count`` IRs of one room, ``(count, channels, frames)`` float32."""
         if self.folder is not None:
             if count == 1:
                 picks = [int(rng.integers(len(self.folder)))]
-            else:
-                picks = [int(i) for i in rng.integers(len(self.folder), size=count)]
+            else:  # positions in one room: IRs of one folder (repeated if it holds fewer than count)
+                room = self.rooms[int(rng.integers(len(self.rooms)))]
+                picks = [room[int(i)] for i in rng.permutation(max(count, len(room)))[:count] % len(room)]
+            self.parameters["ir_files"] = [self.folder.files[i].name for i in picks]
             irs = [prepare_recorded_ir(self.folder.load(i, sample_rate), channels) for i in picks]
             frames = max(ir.shape[1] for ir in irs)
             return np.stack([np.pad(ir, ((0, 0), (0, frames - ir.shape[1]))) for ir in irs])
         rt60, room = rng.uniform(*self.rt60), rng.uniform(*self.room_size)
+        self.parameters |= {"rt60": float(rt60), "room_size": float(room)}
         return np.stack([synthetic_rir(sample_rate, rt60, room, channels, rng, self.early_reflections)
                          for _ in range(count)])
 
     def __call__(self, sources, mix_only, rng, sample_rate):
+        self.parameters = {}  # what this call drew (read by test conditions)
         if rng.random() >= self.p:
             return sources, mix_only
         channels = {v.shape[0] for v in sources.values()}
@@ -126,6 +134,7 @@ class Reverb:
             raise AugmentationError(f"reverb needs sources with one channel count, got {sorted(channels)}")
         channels = channels.pop()
         wet = np.float32(rng.uniform(*self.wet_level))
+        self.parameters["wet_level"] = float(wet)
         irs = self.impulse_responses(len(sources) if self.per_source else 1, channels, sample_rate, rng)
         dry = stack(sources).reshape(len(sources), channels, -1)
         reverberant = (1 - wet) * dry + wet * convolve(dry, irs)

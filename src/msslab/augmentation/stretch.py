@@ -26,6 +26,12 @@ class _PerExampleOrSource:
     transform: audiomentations.core.transforms_interface.BaseWaveformTransform
     per_source: bool
 
+    @property
+    def parameters(self) -> dict:
+        """The last draw (audiomentations' own record: ``rate`` / ``num_semitones``)."""
+        drawn = self.transform.parameters
+        return {k: v for k, v in drawn.items() if k != "should_apply"} if drawn.get("should_apply") else {}
+
     def __call__(self, sources, mix_only, rng, sample_rate):
         if self.per_source:
             return {k: self.transform(v, sample_rate) for k, v in sources.items()}, mix_only

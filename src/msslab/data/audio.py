@@ -149,14 +149,21 @@ def resampled_length(frames: int, orig: int, new: int) -> int:
 
 
 def read_resampled(read: Callable[[int, int], dict[str, np.ndarray]], total: int, orig: int, new: int,
-                   offset: int, num_frames: int) -> dict[str, np.ndarray]:
+                   offset: int, num_frames: int, what: str = "audio") -> dict[str, np.ndarray]:
     """Output samples ``[offset, offset + num_frames)`` at ``new`` Hz of a ``total``-sample source at ``orig`` Hz.
+
+    A request outside the source's ``resampled_length`` raises :class:`DataError` naming
+    ``what`` (the file or track).
 
     ``read(start, stop)`` returns ``{name: (C, stop - start)}`` source-rate samples. Only
     the span under the request plus the filter's reach is read, and the span starts on
     the grid where source and output samples coincide, so the result equals the same
     samples of the whole file resampled at once (up to float rounding).
     """
+    available = resampled_length(total, orig, new)
+    if offset < 0 or num_frames < 0 or offset + num_frames > available:
+        raise DataError(f"{what}: asked for samples {offset}..{offset + num_frames} at {new} Hz, "
+                        f"outside its {available} samples")
     if orig == new:
         return read(offset, offset + num_frames)
     g = math.gcd(orig, new)
@@ -171,7 +178,6 @@ def read_resampled(read: Callable[[int, int], dict[str, np.ndarray]], total: int
     out = resample(np.stack([span[n] for n in names]), orig, new)
     skip = offset - start // step_in * step_out
     out = out[..., skip : skip + num_frames]
-    if out.shape[-1] != num_frames:
-        raise DataError(f"asked for output samples {offset}..{offset + num_frames} beyond the end "
-                        f"({resampled_length(total, orig, new)} samples)")
+    if out.shape[-1] != num_frames:  # cannot happen after the check above; a wrong length must not pass
+        raise DataError(f"{what}: resampled {out.shape[-1]} samples where {num_frames} were asked for")
     return {n: np.ascontiguousarray(out[i]) for i, n in enumerate(names)}

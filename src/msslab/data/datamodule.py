@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from ..augmentation import build_pipeline
+from ..augmentation import DeviceAugmentation, build_pipeline, check_placement
 from .tracks import DataError, TrackSet
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,20 @@ def mix_example(sources: dict[str, np.ndarray], groups: dict[str, list[str]], no
     return torch.from_numpy(np.ascontiguousarray(mixture, dtype=np.float32)), torch.from_numpy(targets.astype(np.float32))
 
 
+def mix_batch(sources: torch.Tensor, groups: dict[str, list[str]], names: Sequence[str],
+              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mix_example` for a batch on any device: ``sources (B, S, C, T)`` in the order of ``names``.
+
+    Returns ``(mixture (B, C, T), targets (B, targets, C, T))``.
+    """
+    mixture = sources.sum(1)
+    if noise is not None:
+        mixture = mixture + noise
+    index = {name: i for i, name in enumerate(names)}
+    targets = torch.stack([sources[:, [index[s] for s in members]].sum(1) for members in groups.values()], dim=1)
+    return mixture, targets
+
+
 def _check_tracksets(sets: dict[str, TrackSet], sample_rate: int) -> None:
     reference = None
     for split, tracks in sets.items():
@@ -78,18 +92,31 @@ class TrainChunks(Dataset):
     """``samples_per_track`` random, augmented chunks per track and epoch.
 
     Randomness comes from one generator per worker, seeded from torch's worker seed
-    (which Lightning derives from the global seed, and which changes every epoch),
-    so runs are reproducible while workers and epochs differ.
+    (which Lightning derives from the global seed, and which changes every epoch)
+    and the process's ``rank`` (DDP), so runs are reproducible while workers,
+    processes and epochs differ.
+
+    With a ``device_augmentation`` an item is ``{"sources": (S, C, loaded samples),
+    "params": the example's drawn augmentation parameters}`` instead: the stages
+    then run batched on the device (``MSSDataModule.on_after_batch_transfer``).
     """
 
     def __init__(self, tracks: TrackSet, groups, chunk_frames: int, samples_per_track: int, seed: int,
-                 pipeline=None, silent_db: float | None = None, max_redraws: int = 10):
-        self.tracks, self.groups, self.chunk_frames = tracks, groups, chunk_frames
+                 pipeline=None, silent_db: float | None = None, max_redraws: int = 10,
+                 device_augmentation: DeviceAugmentation | None = None, rank: int = 0):
+        self.tracks, self.groups, self.chunk_frames, self.rank = tracks, groups, chunk_frames, rank
         self.samples_per_track, self.seed, self.pipeline = samples_per_track, seed, pipeline
+        self.device_augmentation = device_augmentation
         self.silent_db, self.max_redraws = silent_db, max_redraws
         self._rng, self._rng_seed = None, None
         # Time stretching may need more input than one chunk to fill it.
         self.load_frames = pipeline.input_frames(chunk_frames) if pipeline is not None else chunk_frames
+        # Checked here, before training, against what will be loaded (not just one chunk).
+        for index in range(len(tracks)):
+            if tracks.num_frames(index) < self.load_frames:
+                because = " (data.chunk_seconds x the largest time_stretch.rate)" if self.load_frames > chunk_frames else ""
+                raise DataError(f"track {tracks.name(index)!r} is shorter ({tracks.num_frames(index)} samples) than one "
+                                f"training chunk ({self.load_frames} samples to load{because})")
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
@@ -98,7 +125,8 @@ class TrainChunks(Dataset):
         info = get_worker_info()
         seed = info.seed if info is not None else self.seed
         if self._rng_seed != seed:
-            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+            # The rank too: every DDP process gets the same seeds, and must draw other chunks.
+            self._rng, self._rng_seed = np.random.default_rng([seed, self.rank] if self.rank else seed), seed
         return self._rng
 
     def _offset(self, index: int, rng) -> int:
@@ -134,6 +162,9 @@ class TrainChunks(Dataset):
             if not self._silent(sources):
                 break
             sources = self._draw_sources(index, rng)
+        if self.device_augmentation is not None:
+            stacked = np.stack(list(sources.values())).astype(np.float32, copy=False)
+            return {"sources": torch.from_numpy(stacked), "params": self.device_augmentation.draw(rng, stacked.shape)}
         noise = None
         if self.pipeline is not None:
             sources, noise = self.pipeline(sources, rng, frames=self.chunk_frames)
@@ -171,7 +202,10 @@ class MSSDataModule(pl.LightningDataModule):
         samples_per_track: training examples drawn per track and epoch.
         valid_chunk_seconds, valid_max_chunks: validation chunking (None: all chunks).
         silent_target_db: redraw a training chunk if a target is quieter than this (dB RMS); None keeps all.
-        augmentation: the merged ``augmentation`` config node (see ``msslab.augmentation``).
+        augmentation: the merged ``augmentation`` config node (see ``msslab.augmentation``); its
+            ``placement`` says where the stages run: ``loader`` (worker processes, numpy and
+            audiomentations) or ``device`` (workers draw the parameters, the stages run batched
+            on the training device in :meth:`on_after_batch_transfer`).
     """
 
     def __init__(self, train_tracks: TrackSet, valid_tracks: TrackSet, test_tracks: TrackSet, sample_rate: int,
@@ -194,6 +228,9 @@ class MSSDataModule(pl.LightningDataModule):
         self.samples_per_track, self.batch_size, self.num_workers = samples_per_track, batch_size, num_workers
         self.silent_target_db, self.seed = silent_target_db, seed
         self.pipeline = build_pipeline(augmentation, self.sample_rate)
+        self.placement = check_placement((augmentation or {}).get("placement", "loader"))
+        self.device_augmentation = (DeviceAugmentation(self.pipeline, self.chunk_frames)
+                                    if self.placement == "device" and self.pipeline is not None else None)
         self._prepared = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -202,7 +239,9 @@ class MSSDataModule(pl.LightningDataModule):
                 tracks.prepare()
             self._prepared = True
         self.train_set = TrainChunks(self.train_tracks, self.groups, self.chunk_frames, self.samples_per_track,
-                                     self.seed, self.pipeline, self.silent_target_db)
+                                     self.seed, self.pipeline, self.silent_target_db,
+                                     device_augmentation=self.device_augmentation,
+                                     rank=self.trainer.global_rank if self.trainer is not None else 0)
         self.valid_set = FixedChunks(self.valid_tracks, self.groups, self.valid_chunk_frames, self.valid_max_chunks)
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
@@ -217,6 +256,13 @@ class MSSDataModule(pl.LightningDataModule):
         sizes = {size for _, _, size in self.valid_set.index}
         return self._loader(self.valid_set, False, self.batch_size if len(sizes) == 1 else 1)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches of the device placement arrive as sources + parameters: augment and mix them here."""
+        if isinstance(batch, Mapping):
+            sources, noise = self.device_augmentation(batch["sources"], batch["params"])
+            return mix_batch(sources, self.groups, self.sources, noise)
+        return batch
+
     def clean_train_examples(self, nb_examples: int) -> torch.Tensor:
         """Un-augmented training mixtures ``(nb_examples, C, T)``, for input statistics."""
         dataset = TrainChunks(self.train_tracks, self.groups, self.chunk_frames, self.samples_per_track, self.seed)
@@ -224,7 +270,13 @@ class MSSDataModule(pl.LightningDataModule):
         items = rng.choice(len(dataset), size=min(nb_examples, len(dataset)), replace=False)
         return torch.stack([dataset[int(i)][0] for i in items])
 
-    def test_track(self, index: int):
-        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track."""
-        mixture, targets = mix_example(self.test_tracks.load(index), self.groups)
-        return self.test_tracks.name(index), mixture, targets
+    def test_track(self, index: int, condition=None):
+        """``(name, mixture (C, T), targets (S, C, T))`` of one whole test track.
+
+        ``condition``: a :class:`msslab.conditions.Condition` perturbing the track (None: as is).
+        """
+        name, sources, noise = self.test_tracks.name(index), self.test_tracks.load(index), None
+        if condition is not None:
+            sources, noise = condition(name, sources)
+        mixture, targets = mix_example(sources, self.groups, noise)
+        return name, mixture, targets

@@ -188,7 +188,8 @@ class FileTracks(TrackSet):
             audio = self.read(track, track.start + start, track.start + stop)
             return {s: to_stereo(audio[s], track.files[s].path) for s in self.sources}
 
-        audio = read_resampled(read, track.frames, track.sample_rate, self.sample_rate, offset, num_frames)
+        where = ", ".join(sorted({str(info.path) for info in track.files.values()}))
+        audio = read_resampled(read, track.frames, track.sample_rate, self.sample_rate, offset, num_frames, where)
         return {s: audio[s].astype(np.float32, copy=False) for s in self.sources}
 
     @property

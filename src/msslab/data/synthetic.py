@@ -13,16 +13,30 @@ like real music:
 
 Every stem is panned with a constant-power law, and levels are drawn per
 track, so no two tracks are mixed alike.
+
+Rendering is slow at 44.1 kHz (over a second per 12 s track), so
+:class:`SyntheticTracks` renders the missing tracks in parallel processes and
+caches every track on disk, keyed by everything that determines it (see
+:func:`track_key`): a sweep, its jobs and later runs render each track once.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import numpy as np
 from scipy import signal
 
 from .tracks import DataError, TrackSet
+
+log = logging.getLogger(__name__)
 
 SOURCES = ["vocals", "drums", "bass", "other"]
 
@@ -227,23 +241,76 @@ def generate_track(seed: int, seconds: float, sample_rate: int, noise_floor_db: 
     return stems
 
 
+# Below this many samples to render (about 2 s of work), one process does it (workers: null).
+PARALLEL_MIN_FRAMES = 4_000_000
+# Part of every cache key: a change to this file (the generator) makes new tracks.
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """The user's cache folder for msslab (``$XDG_CACHE_HOME/msslab``, else ``~/.cache/msslab`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("msslab", appauthor=False))
+
+
+def track_key(seed: int, seconds: float, sample_rate: int, noise_floor_db: float) -> str:
+    """Cache key of one rendered track: its parameters and the generator's code version."""
+    fields = {"code": CODE_VERSION, "seed": int(seed), "seconds": float(seconds), "sample_rate": int(sample_rate),
+              "noise_floor_db": float(noise_floor_db), "sources": SOURCES}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _render(seed: int, seconds: float, sample_rate: int, noise_floor_db: float) -> np.ndarray:
+    """One track as a ``(sources, 2, frames)`` float32 array (runs in a worker process)."""
+    return np.stack(list(generate_track(seed, seconds, sample_rate, noise_floor_db).values()))
+
+
+def _write_atomically(path: Path, audio: np.ndarray) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader (or a concurrent
+    job writing the same track) never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.save(f, audio)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 class SyntheticTracks(TrackSet):
     """``nb_tracks`` generated tracks of ``seconds`` length; track ``i`` is seeded by ``(seed, i)``.
 
     Different splits use different ``seed`` values so they never share a track.
+
+    Args:
+        cache_dir: folder of rendered tracks (``.npy``, one per track, named by
+            :func:`track_key`); None: the user's cache folder (:func:`default_cache_dir`);
+            False: no cache, render in memory.
+        workers: processes that render the missing tracks in :meth:`prepare`
+            (None: one per CPU core, or this process when there is little to render;
+            0 or 1: in this process).
     """
 
     sources = SOURCES
     nb_channels = 2
 
     def __init__(self, nb_tracks: int, seconds: float, sample_rate: int, seed: int, split: str = "train",
-                 noise_floor_db: float = -60.0):
+                 noise_floor_db: float = -60.0, cache_dir: str | bool | None = None, workers: int | None = None):
         if nb_tracks < 1:
             raise DataError(f"data: {split} needs nb_tracks >= 1, got {nb_tracks}")
         if seconds <= 0:
             raise DataError(f"data: {split} needs seconds > 0, got {seconds}")
+        if workers is not None and workers < 0:
+            raise DataError(f"data: {split} needs workers >= 0 (or null: one per core), got {workers}")
         self.nb_tracks, self.seconds, self.sample_rate, self.seed, self.split = nb_tracks, seconds, sample_rate, seed, split
         self.noise_floor_db = noise_floor_db
+        if cache_dir is True or cache_dir is None:
+            cache_dir = default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir not in (False, "") else None
+        self.workers = workers
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -255,10 +322,41 @@ class SyntheticTracks(TrackSet):
     def num_frames(self, index: int) -> int:
         return int(round(self.seconds * self.sample_rate))
 
+    def _arguments(self, index: int) -> tuple:
+        seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+        return seed, self.seconds, self.sample_rate, self.noise_floor_db
+
+    def cache_path(self, index: int) -> Path | None:
+        """Where track ``index`` is cached (None without a cache)."""
+        return None if self.cache_dir is None else self.cache_dir / "synthetic" / f"{track_key(*self._arguments(index))}.npy"
+
+    def _keep(self, index: int, audio: np.ndarray) -> None:
+        self._cache[index] = dict(zip(SOURCES, audio))
+
+    def _read_cached(self, index: int) -> bool:
+        path = self.cache_path(index)
+        if path is None or not path.is_file():
+            return False
+        try:
+            audio = np.load(path)
+        except (OSError, ValueError) as err:  # a damaged file is rendered again and replaced
+            log.warning("synthetic data cache: cannot read %s (%s); rendering the track again", path, err)
+            return False
+        if audio.shape != (len(SOURCES), self.nb_channels, self.num_frames(index)) or audio.dtype != np.float32:
+            log.warning("synthetic data cache: %s holds %s %s; rendering the track again", path, audio.shape, audio.dtype)
+            return False
+        self._keep(index, audio)
+        return True
+
+    def _store(self, index: int, audio: np.ndarray) -> None:
+        path = self.cache_path(index)
+        if path is not None:
+            _write_atomically(path, audio)
+        self._keep(index, audio)
+
     def _track(self, index: int) -> dict[str, np.ndarray]:
-        if index not in self._cache:
-            seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
-            self._cache[index] = generate_track(seed, self.seconds, self.sample_rate, self.noise_floor_db)
+        if index not in self._cache and not self._read_cached(index):
+            self._store(index, _render(*self._arguments(index)))
         return self._cache[index]
 
     def load(self, index, offset=0, num_frames=None):
@@ -266,5 +364,29 @@ class SyntheticTracks(TrackSet):
         return {name: audio[:, offset:stop] for name, audio in self._track(index).items()}
 
     def prepare(self) -> None:
-        for i in range(len(self)):
-            self._track(i)
+        """Read the cached tracks and render the missing ones, in parallel processes (with a progress bar)."""
+        from tqdm.auto import tqdm
+
+        missing = [i for i in range(len(self)) if i not in self._cache and not self._read_cached(i)]
+        if not missing:
+            return
+        if self.workers is not None:
+            workers = min(self.workers, len(missing))
+        elif len(missing) * self.num_frames(0) < PARALLEL_MIN_FRAMES:  # starting processes would cost more
+            workers = 1
+        else:
+            workers = min(os.cpu_count() or 1, len(missing))
+        progress = tqdm(total=len(missing), desc=f"rendering {self.split} tracks", unit="track", disable=None)
+        with progress:
+            if workers <= 1:
+                for i in missing:
+                    self._track(i)
+                    progress.update()
+                return
+            # spawn: works inside any parent (Lightning, a sweep launcher's worker) and does not
+            # copy a big parent process; each worker only imports numpy and scipy.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_render, *self._arguments(i)): i for i in missing}
+                for future in as_completed(futures):
+                    self._store(futures[future], future.result())
+                    progress.update()

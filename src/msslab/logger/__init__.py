@@ -50,10 +50,18 @@ def run_tags(choices: dict) -> list[str]:
 def log_test_results(loggers: list[Logger], results: dict, example: dict | None = None) -> None:
     """Log the museval medians to every logger, plus a table, audio and a spectrogram to W&B.
 
+    With test conditions (``results["conditions"]``), each condition's medians are logged
+    as ``test/<condition>/<target>/<metric>`` and W&B gets a table over conditions.
+
     ``example``: ``{"name", "sample_rate", "mixture" (C, T), "estimates" {target: (C, T)}}``.
     """
     flat = {f"test/{target}/{metric}": value for target, scores in results["sources"].items()
             for metric, value in scores.items() if np.isfinite(value)}
+    # Every test condition under its own prefix (clean is the plain test/...).
+    for condition, scored in (results.get("conditions") or {}).items():
+        if scored["sources"] is not results["sources"]:
+            flat |= {f"test/{condition}/{target}/{metric}": value for target, scores in scored["sources"].items()
+                     for metric, value in scores.items() if np.isfinite(value)}
     for logger in loggers:
         logger.log_metrics(flat)
         if isinstance(logger, WandbLogger):
@@ -67,6 +75,11 @@ def _log_wandb_media(logger: WandbLogger, results: dict, example: dict | None) -
     logger.log_table("test/museval", columns=["target", "SDR", "SIR", "SAR", "ISR"], data=rows)
     for target, scores in results["sources"].items():
         logger.experiment.summary.update({f"test/{target}/{m}": v for m, v in scores.items()})
+    conditions = results.get("conditions") or {}
+    if len(conditions) > 1:
+        rows = [[c, t] + [s.get(m) for m in ("SDR", "SIR", "SAR", "ISR")]
+                for c, scored in conditions.items() for t, s in scored["sources"].items()]
+        logger.log_table("test/conditions", columns=["condition", "target", "SDR", "SIR", "SAR", "ISR"], data=rows)
     if example is None:
         return
     sr, seconds = example["sample_rate"], 10

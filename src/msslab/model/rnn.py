@@ -62,17 +62,34 @@ class RNNSeparator(nn.Module):
         self.input_mean.copy_(x.mean(0))
         self.input_scale.copy_(x.std(0).clamp_min(1e-4))
 
+    @property
+    def causal(self) -> bool:
+        """Each frame's masks depend on that frame and earlier ones only (streamable)."""
+        return not self.rnn.bidirectional
+
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
         """Mixture magnitude ``(batch, channels, nb_bins, frames)`` -> masks ``(batch, targets, channels, nb_bins, frames)``."""
+        return self.step(magnitude)[0]
+
+    def step(self, magnitude: torch.Tensor, state=None):
+        """``forward`` that carries the RNN hidden state: ``(masks, state)``.
+
+        Calling it on consecutive pieces of a frame sequence, each time with the state the
+        previous call returned, gives the masks of one call on the whole sequence (causal
+        models only: a bidirectional RNN would need the future frames). ``state=None`` starts
+        from zeros. Everything else is per frame (fixed input statistics, BatchNorm in eval mode).
+        """
+        if state is not None and not self.causal:
+            raise ValueError("a bidirectional RNN cannot carry its state across calls: it needs the future frames")
         batch, channels, bins, frames = magnitude.shape
         x = magnitude[:, :, : self.max_bin].permute(3, 0, 1, 2)  # (frames, batch, channels, max_bin)
         x = (x - self.input_mean) / self.input_scale
         x = self.encoder(x.reshape(frames * batch, channels * self.max_bin)).reshape(frames, batch, -1)
-        y, _ = self.rnn(x)
+        y, state = self.rnn(x, state)
         y = torch.cat([x, y], dim=-1)  # skip connection around the recurrent stack
         y = self.decoder(y.reshape(frames * batch, -1)).reshape(frames, batch, self.nb_classes, channels, bins)
         if self.mask == "softmax":
             y = torch.softmax(y, dim=2)[:, :, : self.nb_targets]
         else:
             y = torch.sigmoid(y) if self.mask == "sigmoid" else torch.relu(y)
-        return y.permute(1, 2, 3, 4, 0)
+        return y.permute(1, 2, 3, 4, 0), state

@@ -44,3 +44,24 @@ class Spectrogram(nn.Module):
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """``(..., nb_bins, frames)`` complex -> ``(..., length)`` real."""
         return self.inverse_stft(spec, length=length)
+
+    # Frame-level pieces of the two transforms, for streaming (msslab.streaming): the centred
+    # STFT above is these frames of the reflect-padded signal, and its inverse is the overlap-add
+    # of the inverse frames divided by the overlap-add of the squared window.
+    @property
+    def window(self) -> torch.Tensor:
+        """The analysis and synthesis window, ``(n_fft,)``."""
+        return self.forward_stft.window
+
+    def frames(self, wave: torch.Tensor) -> torch.Tensor:
+        """Uncentred STFT of an already padded ``(..., samples)`` signal -> ``(..., nb_bins, frames)`` complex.
+
+        Frame ``t`` covers samples ``[t * hop_length, t * hop_length + n_fft)``; incomplete frames are dropped.
+        """
+        spec = torch.stft(wave.reshape(-1, wave.shape[-1]), self.n_fft, self.hop_length, window=self.window,
+                          center=False, return_complex=True)
+        return spec.reshape(wave.shape[:-1] + spec.shape[-2:])
+
+    def inverse_frames(self, spec: torch.Tensor) -> torch.Tensor:
+        """``(..., nb_bins, frames)`` complex -> windowed time frames ``(..., n_fft, frames)`` to overlap-add."""
+        return torch.fft.irfft(spec, n=self.n_fft, dim=-2) * self.window[:, None]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from msslab.report import plots
-from msslab.report.runs import CompareError, load_runs, track_scores
+from msslab.report.conditions import CLEAN, condition_tests, robustness, seed_table
+from msslab.report.runs import CompareError, condition_scores, load_runs, track_scores
 from msslab.report.stats import TESTS, compare_to_baseline, ordered, select_baseline, summarize
 from msslab.report.write import claim, fmt, md_table, record
 
@@ -25,6 +26,15 @@ PAPER_FIGURES = {  # metric -> (file, title), as numbered in the paper
     "SDR": ("paper_fig2_sdr.png", "Fig. 2: SDR per source"),
     "SIR": ("paper_fig3_sir.png", "Fig. 3: SIR per source"),
 }
+
+
+CONDITIONS_CSV = "comparison_conditions.csv"
+CONDITION_TESTS_CSV = "comparison_condition_tests.csv"
+ROBUSTNESS_CSV = "comparison_robustness.csv"
+
+
+def conditions_png(metric: str) -> str:
+    return f"comparison_conditions_{metric}.png"
 
 
 def bars_png(metric: str) -> str:
@@ -45,6 +55,9 @@ class Report:
     tests: pd.DataFrame  # paired tests against the baseline (= comparison_tests.csv)
     baseline: str | None
     output: Path
+    conditions: pd.DataFrame  # seed means and CIs per test condition (= comparison_conditions.csv)
+    condition_tests: pd.DataFrame  # paired tests per condition (= comparison_condition_tests.csv)
+    robustness: pd.DataFrame  # drop from clean per condition (= comparison_robustness.csv)
     files: dict[str, Path] = field(default_factory=dict)  # role -> written file
 
 
@@ -110,36 +123,51 @@ def compare_runs(
     summary = summarize(runs, scores, wanted)
     base = select_baseline(runs, baseline) if len(runs) else None
     tests = compare_to_baseline(scores, base, metrics, method=test, alpha=alpha, correction=correction)
+    # Test conditions (clean only for runs evaluated without them): seed means, paired tests, drops.
+    by_condition = condition_scores(runs, wanted)
+    level = 0.95
+    conditions = seed_table(by_condition, level)
+    ctests = condition_tests(by_condition, base, metrics, method=test, alpha=alpha, correction=correction) \
+        if base is not None and len(by_condition) else pd.DataFrame()
+    drops = robustness(by_condition, level)
 
     out = Path(output) if output is not None else Path(dirs[0])
     if out.is_file():
         out = out.parent  # dirs[0] was a results.json
-    names = {"markdown": MARKDOWN, "csv": CSV, "runs_csv": RUNS_CSV, "tests_csv": TESTS_CSV}
+    names = {"markdown": MARKDOWN, "csv": CSV, "runs_csv": RUNS_CSV, "tests_csv": TESTS_CSV,
+             "conditions_csv": CONDITIONS_CSV, "condition_tests_csv": CONDITION_TESTS_CSV,
+             "robustness_csv": ROBUSTNESS_CSV}
     if len(scores):
         for metric in plot_metrics:
             names[f"bars_{metric}"] = bars_png(metric)
             names[f"boxes_{metric}"] = boxes_png(metric)
+            names[f"conditions_{metric}"] = conditions_png(metric)
     if paper_figures and len(scores):
         names |= {f"paper_{m}": png for m, (png, _) in PAPER_FIGURES.items()} | {"paper_table": PAPER_TABLE}
     claim(out, names.values())
-    report = Report(runs, scores, summary, tests, base, out)
+    report = Report(runs, scores, summary, tests, base, out, conditions, ctests, drops)
     files = {role: out / name for role, name in names.items()}
 
     summary.to_csv(files["csv"], index=False)
-    runs_table = runs.drop(columns=["path", "settings", "sources", "tracks"])
+    runs_table = runs.drop(columns=["path", "settings", "sources", "tracks", "conditions"])
     runs_table.to_csv(files["runs_csv"], index=False)
     tests.to_csv(files["tests_csv"], index=False)
+    conditions.to_csv(files["conditions_csv"], index=False)
+    ctests.to_csv(files["condition_tests_csv"], index=False)
+    drops.to_csv(files["robustness_csv"], index=False)
     variants = list(summary["variant"])
     for metric in plot_metrics if len(scores) else []:
         plots.bar_chart(summary, sources, metric, files[f"bars_{metric}"])
         plots.box_plots(scores, variants, metric, files[f"boxes_{metric}"])
+        plots.condition_chart(conditions, variants, metric, files[f"conditions_{metric}"])
     paper_md = ""
     if paper_figures and len(scores):
         for metric, (_, title) in PAPER_FIGURES.items():
             plots.paper_figure(summary, paper_sources, metric, title, files[f"paper_{metric}"])
         paper_md = paper_table(summary, paper_sources)
         files["paper_table"].write_text("<!-- written by msslab-compare; regenerate freely -->\n" + paper_md + "\n")
-    files["markdown"].write_text(markdown(report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md))
+    text = markdown(report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md)
+    files["markdown"].write_text(text + conditions_markdown(report, plot_metrics, test, alpha, files))
     record(out, names.values())
     report.files = files
     return report
@@ -275,4 +303,69 @@ def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correctio
                 f"![{metric} per track]({files[f'boxes_{metric}'].name})",
             ]
     lines += ["", f"Tables: `{CSV}` (one row per variant), `{RUNS_CSV}` (one row per run), `{TESTS_CSV}` (tests).", ""]
+    return "\n".join(lines)
+
+
+def conditions_markdown(report: Report, metrics: Sequence[str], test: str, alpha: float, files) -> str:
+    """The test-condition sections of comparison.md: seed means with CIs and tests per condition, drops."""
+    table, ctests, drops = report.conditions, report.condition_tests, report.robustness
+    if not len(table):
+        return ""
+    sources = ordered(table["source"])
+    variants = ordered(table["variant"])
+    means = table.set_index(["variant", "condition", "source", "metric"])
+    tested = ctests.set_index(["variant", "condition", "source", "metric"]) if len(ctests) else None
+    lines = ["", "## Test conditions: mean over seeds", "",
+             "Per run, the median over tracks under each condition; per variant, the mean of those over seeds "
+             "± half the 95% Student-t confidence interval over seeds (no interval with one seed). "
+             f"Δ: median paired difference to the baseline `{report.baseline}` over (track, seed) pairs, dB; "
+             + ("p: Wilcoxon signed-rank, two-sided." if test == "wilcoxon" else
+                f"[..]: bootstrap {100 * (1 - alpha):g}% CI of Δ.") + " **bold**: significant.", ""]
+
+    def cell(variant, condition, source, metric):
+        key = (variant, condition, source, metric)
+        if key not in means.index:
+            return "n/a"
+        row = means.loc[key]
+        text = fmt(row["mean"])
+        if row["ci_high"] == row["ci_high"]:
+            text += f" ±{fmt((row['ci_high'] - row['ci_low']) / 2)}"
+        if tested is not None and key in tested.index:
+            t = tested.loc[key]
+            stat = (f"p={t['p_value']:.2g}" if test == "wilcoxon" and t["p_value"] == t["p_value"] else
+                    f"[{fmt(t['ci_low'], signed=True)}, {fmt(t['ci_high'], signed=True)}]")
+            delta = f"Δ{fmt(t['median_diff'], signed=True)}, {stat}"
+            text += f" ({'**' + delta + '**' if t['significant'] else delta})"
+        return text
+
+    for condition in ordered(table["condition"]):
+        lines += [f"### {condition}", ""]
+        header = ["variant"] + [f"{s} {m}" for m in metrics for s in sources]
+        lines.append(md_table(header, [[f"`{v}`"] + [cell(v, condition, s, m) for m in metrics for s in sources]
+                                       for v in variants]))
+        lines.append("")
+    if len(drops):
+        lines += ["## Robustness: drop from clean (dB, mean over seeds ± 95% CI half-width; positive = worse)", ""]
+        drop = drops.set_index(["variant", "condition", "source", "metric"])
+        others = [c for c in ordered(table["condition"]) if c != CLEAN]
+        for metric in metrics:
+            header = ["variant"] + [f"{c} {s}" for c in others for s in sources]
+            rows = []
+            for v in variants:
+                cells = []
+                for c in others:
+                    for s in sources:
+                        key = (v, c, s, metric)
+                        if key not in drop.index:
+                            cells.append("n/a")
+                            continue
+                        d = drop.loc[key]
+                        half = f" ±{fmt((d['ci_high'] - d['ci_low']) / 2)}" if d["ci_high"] == d["ci_high"] else ""
+                        cells.append(fmt(d["drop"], signed=True) + half)
+                rows.append([f"`{v}`"] + cells)
+            lines += [f"{metric}:", "", md_table(header, rows), ""]
+    figures = [m for m in metrics if f"conditions_{m}" in files]
+    lines += [f"![{m} per test condition]({files[f'conditions_{m}'].name})" for m in figures]
+    lines += ["", f"Tables: `{CONDITIONS_CSV}` (seed means and CIs), `{CONDITION_TESTS_CSV}` (paired tests per "
+              f"condition), `{ROBUSTNESS_CSV}` (drops from clean).", ""]
     return "\n".join(lines)

@@ -146,3 +146,21 @@ def paper_figure(
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
     ax.margins(y=0.15)
     return _save(fig, Path(path))
+
+
+def condition_chart(table: pd.DataFrame, variants: Sequence[str], metric: str, path: str | Path) -> Path:
+    """One panel per source: mean ``metric`` over seeds per test condition (x) and variant
+    (bars), whiskers the confidence interval over seeds (``table``: :func:`msslab.report.conditions.seed_table`)."""
+    mine = table[table["metric"] == metric].set_index(["variant", "condition", "source"])
+    sources, conditions = ordered(table["source"]), ordered(table["condition"])
+    fig, axes = plt.subplots(len(sources), 1, figsize=(max(6.0, 1.5 + len(conditions) * (0.4 + 0.3 * len(variants))),
+                                                      3.2 * len(sources) + 0.8), squeeze=False, sharex=True)
+    for ax, source in zip(axes[:, 0], sources):
+        get = lambda column: lambda variant, condition: (  # noqa: E731
+            mine[column].get((variant, condition, source), np.nan))
+        _grouped_bars(ax, conditions, list(variants), get("mean"), get("ci_low"), get("ci_high"))
+        ax.set_ylabel(f"{source}\n{metric} (dB)")
+    axes[0, 0].set_title(f"{metric} per test condition: mean over seeds of the median over tracks, "
+                         "whiskers 95% CI over seeds", fontsize=9)
+    axes[-1, 0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
+    return _save(fig, Path(path))

@@ -35,6 +35,7 @@ RUN_COLUMNS = [
     "settings",  # dict: every key=value that defines the variant (choices + overrides)
     "sources",  # dict: source -> metric -> run-level median (dB)
     "tracks",  # dict: track -> source -> metric -> track-level median (dB)
+    "conditions",  # dict: test condition -> its "tracks" dict (clean included; {} for runs without conditions)
     "train_seconds",
     "eval_seconds",
 ]
@@ -246,6 +247,11 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     else:
         tracks = _tracks_from_museval(run_dir) if (run_dir / "museval").is_dir() else {}
 
+    conditions = {}
+    for name, scored in (results.get("conditions") or {}).items():
+        if isinstance(scored, Mapping) and isinstance(scored.get("tracks"), Mapping):
+            conditions[str(name)] = {str(t): _scores(per_source) for t, per_source in scored["tracks"].items()}
+
     status = str(results.get("status") or ("completed" if sources else "failed"))
     error = str(results.get("error") or "")
     if status == "completed" and not sources and not tracks:
@@ -259,6 +265,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "settings": settings,
         "sources": sources,
         "tracks": tracks,
+        "conditions": conditions,
         "train_seconds": _number(results.get("train_seconds")),
         "eval_seconds": _number(results.get("eval_seconds")),
     }
@@ -365,3 +372,22 @@ def track_scores(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
                     if metrics is None or metric in metrics:
                         records.append((row.variant, row.seed, row.run, track, source, metric, value))
     return pd.DataFrame(records, columns=["variant", "seed", "run", "track", "source", "metric", "value"])
+
+
+def condition_scores(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Like :func:`track_scores`, with a ``condition`` column: every test condition of every run.
+
+    A run evaluated without conditions contributes its scores as ``clean``.
+    """
+    records = []
+    for row in runs.itertuples(index=False):
+        if row.status != "completed":
+            continue
+        per_condition = row.conditions or {"clean": row.tracks or ({"*": row.sources} if row.sources else {})}
+        for condition, per_track in per_condition.items():
+            for track, per_source in per_track.items():
+                for source, values in per_source.items():
+                    for metric, value in values.items():
+                        if metrics is None or metric in metrics:
+                            records.append((row.variant, row.seed, row.run, condition, track, source, metric, value))
+    return pd.DataFrame(records, columns=["variant", "seed", "run", "condition", "track", "source", "metric", "value"])

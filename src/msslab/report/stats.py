@@ -90,7 +90,7 @@ class PairedResult:
     """Outcome of :func:`paired_test`; differences are ``a - b`` in dB."""
 
     method: str
-    n: int  # number of pairs (NaN pairs dropped)
+    n: int  # pairs the test used: NaN pairs dropped; wilcoxon also drops zero differences
     median_diff: float
     mean_diff: float
     p_value: float  # wilcoxon: two-sided p; bootstrap: NaN
@@ -139,7 +139,8 @@ def paired_test(
     median_diff, mean_diff = float(np.median(diff)), float(np.mean(diff))
     p_value = ci_low = ci_high = np.nan
     if method == "wilcoxon":
-        if np.all(diff == 0):
+        n = int(np.count_nonzero(diff))  # the signed-rank test drops ties at zero (zero_method="wilcox")
+        if n == 0:
             p_value = 1.0  # identical: scipy warns or raises here depending on version
         else:
             p_value = float(stats.wilcoxon(diff, alternative="two-sided").pvalue)
@@ -280,7 +281,7 @@ def compare_to_baseline(
         if correction == "holm" and method == "wilcoxon":
             table["significant"] = table["p_holm"] < alpha
             table["verdict"] = np.where(
-                table["n"] == 0, "no pairs", np.where(table["significant"], "significant", "not significant")
+                table["p_value"].isna(), "no pairs", np.where(table["significant"], "significant", "not significant")
             )
         table["better"] = table["median_diff"] > 0
     return table

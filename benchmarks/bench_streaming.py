@@ -1,0 +1,94 @@
+"""Real-time factor of streaming separation (msslab.streaming.Streamer) on one CPU thread.
+
+For each causal preset (composed from conf/ like a real run, randomly initialised: the
+cost does not depend on the weights) and each block size from one hop to 100 ms, streams
+``--seconds`` of noise block by block and prints the mean and the 99th percentile of the
+time per block divided by the block's duration (the real-time factor, RTF: below 1 keeps
+up with real time), with the algorithmic latency. ``x hop`` is the mean RTF over that of
+the one-hop block of the same preset, measured in the same run. ``CPU RTF`` counts the
+thread's CPU time instead of wall time: on a machine shared with other work it shows the
+cost without the time spent waiting for a core.
+
+    python benchmarks/bench_streaming.py [--seconds 10] [--presets lstm gru umx-causal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from msslab.streaming import Streamer
+from msslab.system import build_system
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+TARGETS = ["vocals", "drums", "bass", "other"]
+PRESETS = {  # name: overrides of the train config
+    "lstm": ["model=lstm"],
+    "gru": ["model=gru"],
+    "umx-causal": ["model=umx", "model.bidirectional=false", "data.sample_rate=44100", "stft.n_fft=4096",
+                   "stft.hop_length=1024"],
+}
+
+
+def build(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", f"paths.output_dir={tempfile.gettempdir()}", *overrides])
+    return build_system(cfg, TARGETS, nb_channels=2, residual=False).eval()
+
+
+def block_sizes(hop: int, rate: int) -> list[int]:
+    """One hop, then 10, 20, 50 and 100 ms (those above one hop)."""
+    return [hop] + [round(ms * rate / 1000) for ms in (10, 20, 50, 100) if ms * rate / 1000 > hop]
+
+
+def rtf(streamer: Streamer, block: int, seconds: float) -> tuple[float, float, float]:
+    """Per block over the block duration: wall time (mean, 99th percentile) and this thread's CPU time (mean)."""
+    rate = streamer.sample_rate
+    audio = np.random.default_rng(0).standard_normal((streamer.nb_channels, int(seconds * rate))).astype(np.float32)
+    streamer.reset()
+    for start in range(0, rate // 2, block):  # warm-up (allocations, the first frames): half a second
+        streamer.process(audio[:, start: start + block])
+    times = []
+    cpu = time.thread_time()
+    for start in range(0, audio.shape[-1] - block + 1, block):
+        tic = time.perf_counter()
+        streamer.process(audio[:, start: start + block])
+        times.append(time.perf_counter() - tic)
+    cpu = time.thread_time() - cpu
+    streamer.flush()
+    times = np.array(times) / (block / rate)
+    return float(times.mean()), float(np.percentile(times, 99)), cpu / (len(times) * block / rate)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio streamed per block size")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.seconds:g} s streamed per row, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"{'preset':11s} {'rate Hz':>7s} {'n_fft':>5s} {'hop':>5s} {'latency ms':>10s} {'block':>6s} {'block ms':>8s} "
+          f"{'RTF':>7s} {'RTF p99':>7s} {'x hop':>6s} {'CPU RTF':>7s}")
+    for name in args.presets:
+        streamer = Streamer(build(PRESETS[name]))
+        rate, hop = streamer.sample_rate, streamer.hop
+        baseline = None
+        for block in block_sizes(hop, rate):
+            mean, p99, cpu = rtf(streamer, block, args.seconds)
+            baseline = baseline or mean
+            print(f"{name:11s} {rate:7d} {streamer.n_fft:5d} {hop:5d} {streamer.latency_ms:10.1f} {block:6d} "
+                  f"{1000 * block / rate:8.1f} {mean:7.3f} {p99:7.3f} {mean / baseline:6.2f} {cpu:7.3f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Augmentation on the training device (``augmentation.placement: device``).
+
+The same stages, knobs and semantics as the loader placement, split in two:
+
+- in the loader workers, :meth:`DeviceAugmentation.draw` only draws each
+  example's parameters from the data set's generator (so a seed reproduces the
+  data), as small arrays that the default collate stacks into a batch;
+- on the device, :meth:`DeviceAugmentation.__call__` applies them to a whole
+  batch of sources ``(batch, sources, channels, samples)`` at once, in the
+  canonical order, with per-example parameters: gain, channel swap, time
+  stretch + pitch shift (one batched phase vocoder and one batched resampler),
+  reverb (batched FFT convolution with the example's room impulse responses),
+  then background noise into the mixture only, at the drawn SNR against the
+  finished mixture. The data module mixes sources and targets afterwards.
+
+Why own code for the stretch: ``torchaudio.functional.phase_vocoder`` and
+``julius.resample_frac`` take one rate per call, torch-audiomentations has no
+time stretch and shifts pitch one example at a time; a per-example rate is a
+per-example read position, which ``torch.gather`` handles in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .noise import BackgroundNoise
+from .pipeline import AugmentationError, AugmentationPipeline
+from .reverb import SPEED_OF_SOUND, Reverb
+from .source import ChannelSwap, Gain
+from .stretch import PitchShift, TimeStretch
+
+PLACEMENTS = ("loader", "device")
+RESAMPLE_HALF_WIDTH = 16  # taps each side of the windowed-sinc resampler
+
+
+# ------------------------------------------------------------------ batched DSP
+
+def stft_size(sample_rate: int) -> int:
+    """Phase-vocoder FFT size: the power of two nearest to 46 ms (2048 samples at 44.1 kHz)."""
+    return 2 ** int(round(math.log2(0.046 * sample_rate)))
+
+
+def phase_vocoder(x: torch.Tensor, rate: torch.Tensor, length: int, n_fft: int) -> torch.Tensor:
+    """Time-stretch every row of ``x (N, C, T)`` by its own ``rate (N,)`` (>1 faster), keeping the pitch.
+
+    Classic phase vocoder (as ``torchaudio.functional.phase_vocoder``, with a read
+    position per row): output frame ``k`` reads the input spectrum at
+    ``k * rate``, magnitudes interpolated linearly, phases advanced by the
+    measured instantaneous frequency. Returns ``(N, C, length)``; past the end of
+    the input the output is silent.
+    """
+    hop = n_fft // 4
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    n, c, t = x.shape
+    # Zero padding, not reflection: the first frame sets every later frame's phases, and a reflected
+    # start would make them incoherent across bins (the output then loses 10-20 dB when slowed down).
+    spec = torch.stft(x.reshape(n * c, t), n_fft, hop, window=window, pad_mode="constant", return_complex=True)
+    spec = spec.reshape(n, c, *spec.shape[-2:])  # (N, C, F, frames)
+    frames = spec.shape[-1]
+    spec = torch.nn.functional.pad(spec, (0, 2))  # reading frame i + 1 at the end stays in range
+    steps = length // hop + 3  # the inverse STFT then covers `length`
+    position = torch.arange(steps, device=x.device, dtype=x.dtype)[None] * rate[:, None].to(x.dtype)  # (N, steps)
+    index = position.floor().long().clamp(max=frames)
+    alpha = (position - index).clamp(0, 1)[:, None, None, :]
+    inside = (position <= frames - 1)[:, None, None, :]
+
+    def at(i):
+        return torch.gather(spec, 3, i[:, None, None, :].expand(n, c, spec.shape[2], steps))
+
+    now, after = at(index), at(index + 1)
+    magnitude = ((1 - alpha) * now.abs() + alpha * after.abs()) * inside
+    expected = torch.linspace(0, math.pi * hop, spec.shape[2], device=x.device, dtype=x.dtype)[:, None]
+    advance = after.angle() - now.angle() - expected
+    advance = advance - 2 * math.pi * torch.round(advance / (2 * math.pi)) + expected
+    phase = torch.cumsum(torch.cat([spec[..., :1].angle(), advance[..., :-1]], dim=-1), dim=-1)
+    out = torch.polar(magnitude, phase).reshape(n * c, spec.shape[2], steps)
+    return torch.istft(out, n_fft, hop, window=window, length=length).reshape(n, c, length)
+
+
+def resample(x: torch.Tensor, step: torch.Tensor, length: int) -> torch.Tensor:
+    """Read every row of ``x (N, C, T)`` at positions ``0, step, 2 step, ...`` (own ``step (N,)`` per row).
+
+    Band-limited interpolation with a Hann-windowed sinc of 2 x 16 taps whose
+    cutoff falls to ``1 / step`` of the Nyquist frequency when ``step > 1``
+    (anti-aliasing). ``step > 1`` raises the pitch and shortens the signal.
+    Returns ``(N, C, length)``; reads past the end are silent.
+    """
+    n, c, t = x.shape
+    position = torch.arange(length, device=x.device, dtype=torch.float64)[None] * step[:, None].double()
+    base = position.floor()
+    frac = (position - base).to(x.dtype)[:, None, :]  # (N, 1, length)
+    base = base.long()
+    cutoff = torch.clamp(1.0 / step.to(x.dtype), max=1.0)[:, None, None]
+    padded = torch.nn.functional.pad(x, (RESAMPLE_HALF_WIDTH, RESAMPLE_HALF_WIDTH + 1))
+    out = torch.zeros(n, c, length, device=x.device, dtype=x.dtype)
+    for k in range(-RESAMPLE_HALF_WIDTH + 1, RESAMPLE_HALF_WIDTH + 1):
+        index = (base + k + RESAMPLE_HALF_WIDTH).clamp(0, padded.shape[-1] - 1)
+        taps = torch.gather(padded, 2, index[:, None, :].expand(n, c, length))
+        distance = k - frac
+        window = 0.5 + 0.5 * torch.cos(math.pi * distance / RESAMPLE_HALF_WIDTH)
+        out += taps * cutoff * torch.sinc(cutoff * distance) * window
+    return out
+
+
+def fft_convolve(x: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """``x (..., C, T)`` convolved per channel with ``ir`` (broadcastable, ``(..., C, L)``), cut to ``T``."""
+    t = x.shape[-1]
+    n = 1 << (t + ir.shape[-1] - 1 - 1).bit_length()
+    out = torch.fft.irfft(torch.fft.rfft(x, n) * torch.fft.rfft(ir, n), n)
+    return out[..., :t]
+
+
+def coloured_noise(seeds: torch.Tensor, decay_db: torch.Tensor, channels: int, frames: int, sample_rate: int,
+                   device) -> torch.Tensor:
+    """Zero-mean noise ``(N, channels, frames)`` whose spectrum falls by ``decay_db`` dB per octave.
+
+    White noise from a generator seeded per example (reproducible), shaped in the
+    frequency domain; the DC bin is removed. Only the shape matters: the level is
+    set by the SNR afterwards.
+    """
+    white = torch.stack([
+        torch.randn(channels, frames, device=device, generator=torch.Generator(device).manual_seed(int(s)))
+        for s in seeds.tolist()])
+    spectrum = torch.fft.rfft(white)
+    freqs = torch.fft.rfftfreq(frames, 1.0 / sample_rate).to(device)
+    octaves = torch.log2(freqs.clamp(min=freqs[1]) / 1000.0)  # relative to 1 kHz
+    gain = 10.0 ** (decay_db.to(device)[:, None] * octaves[None] / 20.0)
+    gain[:, 0] = 0.0
+    return torch.fft.irfft(spectrum * gain[:, None, :], frames)
+
+
+def level_envelopes(seeds: torch.Tensor, depth_db: torch.Tensor, rate_hz: torch.Tensor, frames: int,
+                    sample_rate: int, device) -> torch.Tensor:
+    """Piecewise-linear level curves in ``[-depth_db, 0]`` dB as gains ``(N, frames)`` (see ``level_envelope``)."""
+    curves = []
+    for seed, depth, rate in zip(seeds.tolist(), depth_db.tolist(), rate_hz.tolist()):
+        step = max(1, int(sample_rate / rate))
+        knots = frames // step + 2
+        generator = torch.Generator(device).manual_seed(int(seed) + 1)
+        levels = -depth * torch.rand(1, 1, knots, device=device, generator=generator)
+        curve = torch.nn.functional.interpolate(levels, size=(knots - 1) * step + 1, mode="linear", align_corners=True)
+        curves.append(10.0 ** (curve[0, 0, :frames] / 20.0))
+    return torch.stack(curves)
+
+
+# ------------------------------------------------------------------ stages
+
+def _per_source(rng, p: float, per_source: bool, nb_sources: int, draw, neutral: float) -> np.ndarray:
+    """``(nb_sources,)`` float32 values: ``draw()`` where applied (probability ``p``), ``neutral`` elsewhere."""
+    if per_source:
+        values = [draw() if rng.random() < p else neutral for _ in range(nb_sources)]
+    else:
+        values = [draw() if rng.random() < p else neutral] * nb_sources
+    return np.asarray(values, dtype=np.float32)
+
+
+class _GainStage:
+    def __init__(self, stage: Gain):
+        self.stage = stage
+        t = stage.transform
+        self.range = (t.min_gain_db, t.max_gain_db)
+
+    def draw(self, rng, shape, sample_rate):
+        db = _per_source(rng, self.stage.p, self.stage.per_source, shape[0], lambda: rng.uniform(*self.range), 0.0)
+        return {"gain": (10.0 ** (db / 20.0)).astype(np.float32)}
+
+    def __call__(self, sources, mix_only, params, sample_rate):
+        return sources * params["gain"].to(sources)[:, :, None, None], mix_only
+
+
+class _ChannelSwapStage:
+    def __init__(self, stage: ChannelSwap):
+        self.stage = stage
+
+    def draw(self, rng, shape, sample_rate):
+        return {"swap": _per_source(rng, self.stage.p, self.stage.per_source, shape[0], lambda: 1.0, 0.0)}
+
+    def __call__(self, sources, mix_only, params, sample_rate):
+        swap = params["swap"].to(sources.device)[:, :, None, None] > 0.5
+        return torch.where(swap, sources.flip(2), sources), mix_only
+
+
+class _StretchStage:
+    """time_stretch and pitch_shift together: one phase vocoder pass and one resampling per stretched source.
+
+    A pitch shift by ratio ``q`` is a stretch by ``1 / q`` then reading at step
+    ``q``; a preceding tempo change by ``rate`` folds into the same stretch
+    (``rate / q``), so both cost one STFT, one inverse STFT and one resampling.
+    """
+
+    def __init__(self, time_stretch: TimeStretch | None, pitch_shift: PitchShift | None, frames: int):
+        self.time_stretch, self.pitch_shift, self.frames = time_stretch, pitch_shift, frames
+        if time_stretch is not None:
+            t = time_stretch.transform
+            self.rate = (t.min_rate, t.max_rate)
+        if pitch_shift is not None:
+            t = pitch_shift.transform
+            self.semitones = (t.min_semitones, t.max_semitones)
+
+    def draw(self, rng, shape, sample_rate):
+        n = shape[0]
+        rate = np.ones(n, np.float32) if self.time_stretch is None else _per_source(
+            rng, self.time_stretch.p, self.time_stretch.per_source, n, lambda: rng.uniform(*self.rate), 1.0)
+        semitones = np.zeros(n, np.float32) if self.pitch_shift is None else _per_source(
+            rng, self.pitch_shift.p, self.pitch_shift.per_source, n, lambda: rng.uniform(*self.semitones), 0.0)
+        return {"rate": rate, "semitones": semitones}
+
+    def __call__(self, sources, mix_only, params, sample_rate):
+        b, s, c, t = sources.shape
+        rate = params["rate"].to(sources.device, torch.float64).reshape(-1)
+        ratio = 2.0 ** (params["semitones"].to(sources.device, torch.float64).reshape(-1) / 12.0)
+        flat = sources.reshape(b * s, c, t)
+        out = flat[..., :self.frames].clone()
+        todo = torch.nonzero((rate != 1.0) | (ratio != 1.0)).flatten()
+        if len(todo):
+            rate, ratio = rate[todo], ratio[todo]
+            # Stretched long enough that the read positions of the resampler stay inside.
+            length = int(math.ceil(self.frames * float(ratio.max()))) + RESAMPLE_HALF_WIDTH + 1
+            stretched = phase_vocoder(flat[todo], (rate / ratio).to(flat.dtype), length, stft_size(sample_rate))
+            out[todo] = resample(stretched, ratio, self.frames)
+        return out.reshape(b, s, c, self.frames), mix_only
+
+
+class _ReverbStage:
+    def __init__(self, stage: Reverb, frames: int, sample_rate: int):
+        self.stage, self.frames = stage, frames
+        if stage.folder is None:  # the longest generated IR, so that every example's fits one array
+            longest = 0.5 * stage.room_size[1] / SPEED_OF_SOUND + stage.rt60[1]
+            self.ir_frames = min(frames, int(np.ceil(longest * sample_rate)) + 1)
+        else:  # an IR past the segment's length cannot reach into it
+            self.ir_frames = frames
+
+    def draw(self, rng, shape, sample_rate):
+        nb_sources, channels = shape[0], shape[1]
+        count = nb_sources if self.stage.per_source else 1
+        irs = np.zeros((count, channels, self.ir_frames), np.float32)
+        wet = np.float32(0.0)
+        if rng.random() < self.stage.p:
+            wet = np.float32(rng.uniform(*self.stage.wet_level))
+            drawn = self.stage.impulse_responses(count, channels, sample_rate, rng)[..., :self.ir_frames]
+            irs[..., :drawn.shape[-1]] = drawn
+        return {"wet": np.asarray(wet, np.float32), "ir": irs}
+
+    def __call__(self, sources, mix_only, params, sample_rate):
+        wet = params["wet"].to(sources)
+        todo = torch.nonzero(wet > 0).flatten()
+        if not len(todo):
+            return sources, mix_only
+        dry = sources[todo]
+        w = wet[todo][:, None, None, None]
+        reverberant = (1 - w) * dry + w * fft_convolve(dry, params["ir"][todo].to(sources))
+        if not self.stage.dry_target:
+            sources = sources.clone()
+            sources[todo] = reverberant
+            return sources, mix_only
+        mix_only = torch.zeros_like(sources[:, 0]) if mix_only is None else mix_only.clone()
+        mix_only[todo] += (reverberant - dry).sum(1)
+        return sources, mix_only
+
+
+class _NoiseStage:
+    def __init__(self, stage: BackgroundNoise, frames: int):
+        self.stage, self.frames = stage, frames
+
+    def draw(self, rng, shape, sample_rate):
+        from audiomentations.augmentations.add_color_noise import NOISE_COLOR_DECAYS
+
+        params = {"snr_db": np.float32(np.inf), "decay_db": np.float32(0.0), "seed": np.int64(0),
+                  "depth_db": np.float32(0.0), "rate_hz": np.float32(1.0)}
+        recorded = np.zeros((shape[1], self.frames), np.float32) if self.stage.folder is not None else None
+        if rng.random() < self.stage.p:
+            params["snr_db"] = np.float32(rng.uniform(*self.stage.snr_db))
+            if recorded is not None:  # reading files is the loader's job: ship the crop
+                recorded = self.stage.noise((shape[1], self.frames), sample_rate, rng)
+            else:
+                params["decay_db"] = np.float32(NOISE_COLOR_DECAYS[self.stage.colors[int(rng.integers(len(self.stage.colors)))]])
+                params["seed"] = np.int64(rng.integers(2**62))
+                if rng.random() < self.stage.nonstationary_p:
+                    params["depth_db"] = np.float32(rng.uniform(*self.stage.modulation_db))
+                    params["rate_hz"] = np.float32(rng.uniform(*self.stage.modulation_hz))
+        if recorded is not None:
+            params["recorded"] = recorded
+        return {k: np.asarray(v) for k, v in params.items()}
+
+    def __call__(self, sources, mix_only, params, sample_rate):
+        snr = params["snr_db"].to(sources.device, torch.float64)
+        todo = torch.nonzero(torch.isfinite(snr)).flatten()
+        if not len(todo):
+            return sources, mix_only
+        mixture = sources[todo].double().sum(1)
+        if mix_only is not None:
+            mixture = mixture + mix_only[todo].double()
+        c, t = mixture.shape[-2:]
+        if "recorded" in params:
+            noise = params["recorded"][todo].to(sources)
+        else:
+            noise = coloured_noise(params["seed"][todo], params["decay_db"][todo].to(sources), c, t, sample_rate,
+                                   sources.device)
+            depth = params["depth_db"][todo].to(sources)
+            modulated = torch.nonzero(depth > 0).flatten()
+            if len(modulated):
+                noise[modulated] *= level_envelopes(params["seed"][todo][modulated], depth[modulated],
+                                                    params["rate_hz"][todo][modulated], t, sample_rate,
+                                                    sources.device)[:, None, :]
+        signal_power = mixture.pow(2).mean((-2, -1))
+        noise_power = noise.double().pow(2).mean((-2, -1))
+        # A silent mixture has no SNR: it gets no noise, as in the loader placement.
+        scale = torch.where((signal_power > 1e-12) & (noise_power > 0),
+                            torch.sqrt(signal_power / noise_power.clamp(min=1e-30) / 10.0 ** (snr[todo] / 10.0)), 0.0)
+        mix_only = torch.zeros_like(sources[:, 0]) if mix_only is None else mix_only.clone()
+        mix_only[todo] += (noise.double() * scale[:, None, None]).to(sources)
+        return sources, mix_only
+
+
+class DeviceAugmentation:
+    """The stages of an :class:`AugmentationPipeline`, drawn per example in the loader, run batched on the device.
+
+    Args:
+        pipeline: the loader pipeline built from the same config (same knobs and checks).
+        frames: the example length in samples; the loader delivers
+            ``pipeline.input_frames(frames)`` (longer when time_stretch may speed up).
+    """
+
+    def __init__(self, pipeline: AugmentationPipeline, frames: int):
+        self.sample_rate, self.frames = pipeline.sample_rate, int(frames)
+        self.names = list(pipeline.names)
+        stages = dict(pipeline.stages)
+        self.stages: list[tuple[str, object]] = []
+        for name, stage in pipeline.stages:
+            if name == "gain":
+                self.stages.append((name, _GainStage(stage)))
+            elif name == "channel_swap":
+                self.stages.append((name, _ChannelSwapStage(stage)))
+            elif name == "time_stretch" or (name == "pitch_shift" and "time_stretch" not in stages):
+                self.stages.append(("stretch", _StretchStage(stages.get("time_stretch"), stages.get("pitch_shift"),
+                                                             self.frames)))
+            elif name == "reverb":
+                self.stages.append((name, _ReverbStage(stage, self.frames, self.sample_rate)))
+            elif name == "background_noise":
+                self.stages.append((name, _NoiseStage(stage, self.frames)))
+            elif name != "pitch_shift":
+                raise AugmentationError(f"augmentation.{name} has no device implementation")
+        self.cuts = not any(name == "stretch" for name, _ in self.stages)
+
+    def draw(self, rng: np.random.Generator, shape: tuple[int, int, int]) -> dict[str, dict[str, np.ndarray]]:
+        """One example's parameters; ``shape`` = ``(sources, channels, samples loaded)``. Runs in the loader."""
+        return {name: stage.draw(rng, shape, self.sample_rate) for name, stage in self.stages}
+
+    def __call__(self, sources: torch.Tensor, params: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sources (B, S, C, loaded samples)`` -> ``(sources (B, S, C, frames), mixture-only (B, C, frames) or None)``.
+
+        ``params`` is the collated output of :meth:`draw` (on any device).
+        """
+        mix_only = None
+        if self.cuts:
+            sources = sources[..., :self.frames]
+        for name, stage in self.stages:
+            sources, mix_only = stage(sources, mix_only, params[name], self.sample_rate)
+        return sources, mix_only
+
+    def __repr__(self) -> str:
+        return f"DeviceAugmentation({', '.join(self.names)}; sample_rate={self.sample_rate})"
+
+
+def check_placement(placement) -> str:
+    if placement not in PLACEMENTS:
+        raise AugmentationError(f"augmentation.placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+    return placement

@@ -1,0 +1,266 @@
+"""BSSEval v4 (museval's ``bss_eval`` images, time-invariant filters) in batched float64 torch.
+
+This reproduces ``museval.evaluate(references, estimates, win, hop)`` (museval 0.4,
+``mode="v4"``) on CPU or CUDA:
+
+* once per track, the correlations of every (source, channel) reference with every
+  reference and every estimate over lags ``-(L-1) .. L-1`` (``L = filters_len`` = 512),
+  accumulated block by block in the frequency domain, so memory is bounded whatever
+  the track length;
+* the Gram matrix of the delayed references (plus museval's ``eps * I``), factorised
+  once (LU, as museval's ``np.linalg.solve``) and solved for the distortion filters of
+  all estimates at once; the per-source filters (the image part) come from the
+  diagonal blocks, factorised in one batched call;
+* per window: the windowed references go through those filters in the frequency
+  domain (one matmul per frequency for all windows of a block, sources and channels)
+  and the energies of the decomposition come out by Parseval, so there is no Python
+  loop over windows and no inverse FFT.
+
+museval's rules are kept: the estimates are cut or zero-padded to the reference
+length; ``floor((N - win + hop) / hop)`` windows when ``win < N`` (the trailing
+partial window is dropped), else one window over the whole signal; a window where any
+reference or estimate source sums to zero over its channels at every sample is NaN for
+every metric of every source; a zero denominator gives +inf, a zero numerator -inf; a
+source silent over the whole track is a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+FILTERS_LEN = 512  # museval's distortion filter length (taps)
+EPS = float(np.finfo(np.float64).eps)  # museval's regularisation of the Gram matrix: G + eps * I
+
+
+def window_count(nb_samples: int, win: int, hop: int) -> int:
+    """museval's number of windows: ``floor((N - win + hop) / hop)`` if ``win < N``, else 1."""
+    return (nb_samples - win + hop) // hop if win < nb_samples else 1
+
+
+def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, filters_len: int = FILTERS_LEN,
+                device: str | torch.device | None = None, block_bytes: int | None = None) -> tuple[np.ndarray, ...]:
+    """BSSEval v4 metrics per source and window, as ``museval.evaluate`` computes them.
+
+    Args:
+        references, estimates: ``(sources, samples, channels)`` (or ``(sources, samples)``
+            for mono) arrays or tensors; computed in float64.
+        win, hop: window and hop in samples.
+        device: where to compute (default: the references' device, CPU for numpy).
+        block_bytes: memory for one block of windows (default 256 MiB on CPU, 2 GiB on CUDA).
+    Returns:
+        ``(SDR, ISR, SIR, SAR)``, each a float64 numpy array ``(sources, windows)`` in dB
+        (museval's order).
+    Raises:
+        ValueError: shapes that do not match, or a source silent over the whole track.
+    """
+    refs, ests = _prepare(references, estimates, device)
+    nsrc, nchan, nsampl = refs.shape
+    _check_not_silent(refs, "reference")
+    _check_not_silent(ests, "estimated")
+
+    filters, own_filters = _distortion_filters(refs, ests, filters_len)
+    length = min(win, nsampl)  # every window has this length (the partial one is dropped)
+    nwin = window_count(nsampl, win, hop)
+    n_fft = _fast_size(length + filters_len - 1)
+    # (F, S*C_in, S*C_out) and (F, S, C_in, C_out) transfer functions of the filters
+    spectra = torch.fft.rfft(filters, n=n_fft).permute(4, 1, 2, 0, 3).reshape(-1, nsrc * nchan, nsrc * nchan).contiguous()
+    own_spectra = torch.fft.rfft(own_filters, n=n_fft).permute(3, 0, 1, 2).contiguous()
+    weight = _parseval_weights(n_fft, refs.device)
+
+    if block_bytes is None:
+        block_bytes = (2 << 30) if refs.device.type == "cuda" else (256 << 20)
+    # about ten complex (F, block, S, C) tensors are alive at once
+    per_window = 10 * 16 * spectra.shape[0] * nsrc * nchan
+    block = max(1, min(nwin, block_bytes // per_window))
+
+    # (T, S, C, length) views, no copy
+    ref_windows = refs.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
+    err_windows = (ests - refs).unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
+    est_windows = ests.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
+    out = torch.empty(4, nsrc, nwin, dtype=torch.float64, device=refs.device)
+    for start in range(0, nwin, block):
+        window = slice(start, min(start + block, nwin))
+        out[:, :, window] = _window_metrics(ref_windows[window], est_windows[window], err_windows[window],
+                                            spectra, own_spectra, weight, n_fft)
+    silent = _silent_windows(refs, length, hop, nwin) | _silent_windows(ests, length, hop, nwin)
+    out[:, :, silent] = float("nan")
+    sdr, isr, sir, sar = out.cpu().numpy()
+    return sdr, isr, sir, sar
+
+
+def _prepare(references, estimates, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``(S, C, N)`` tensors on the device; estimates cut or zero-padded to the references."""
+    if device is None:
+        device = references.device if isinstance(references, torch.Tensor) else "cpu"
+
+    def as_tensor(x):
+        x = torch.as_tensor(x).to(device=device, dtype=torch.float64)
+        return x[..., None] if x.ndim == 2 else x
+
+    refs, ests = as_tensor(references), as_tensor(estimates)
+    if refs.ndim != 3 or ests.ndim != 3 or refs.shape[0] != ests.shape[0] or refs.shape[2] != ests.shape[2]:
+        raise ValueError(f"references {tuple(refs.shape)} and estimates {tuple(ests.shape)} must both be "
+                         "(sources, samples, channels) with the same sources and channels")
+    if refs.shape[1] == 0:
+        raise ValueError("references are empty (0 samples)")
+    nsampl = refs.shape[1]
+    ests = ests[:, :nsampl] if ests.shape[1] >= nsampl else torch.nn.functional.pad(
+        ests, (0, 0, 0, nsampl - ests.shape[1]))
+    return refs.permute(0, 2, 1).contiguous(), ests.permute(0, 2, 1).contiguous()
+
+
+def _check_not_silent(x: torch.Tensor, kind: str) -> None:
+    # museval's notion of silence: the sum over channels is zero at every sample
+    silent = (x.sum(1) == 0).all(-1)
+    if silent.any():
+        raise ValueError(f"{kind} source(s) {silent.nonzero().flatten().tolist()} are silent (all zeros) over "
+                         "the whole track: BSSEval needs every reference and estimated source to have sound")
+
+
+def _silent_windows(x: torch.Tensor, length: int, hop: int, nwin: int) -> torch.Tensor:
+    """``(T,)`` bool: windows where at least one source of ``x`` ``(S, C, N)`` is silent."""
+    sounding = torch.nn.functional.pad((x.sum(1) != 0).to(torch.int64).cumsum(-1), (1, 0))  # (S, N + 1)
+    starts = torch.arange(nwin, device=x.device) * hop
+    return ((sounding[:, starts + length] - sounding[:, starts]) == 0).any(0)
+
+
+def _fast_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (FFT sizes pocketfft and cuFFT handle fast)."""
+    best = 1 << max(0, math.ceil(math.log2(n)))
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _parseval_weights(n_fft: int, device) -> torch.Tensor:
+    """Weights of rfft bins so that ``sum(w |X|^2) = sum(x^2)`` (one-sided spectrum, 1/n_fft)."""
+    weight = torch.full((n_fft // 2 + 1,), 2.0 / n_fft, dtype=torch.float64, device=device)
+    weight[0] = 1.0 / n_fft
+    if n_fft % 2 == 0:
+        weight[-1] = 1.0 / n_fft
+    return weight
+
+
+def _correlations(x: torch.Tensor, y: torch.Tensor, lags: int, block_bytes: int = 32 << 20) -> torch.Tensor:
+    """Linear cross-correlations ``r[k, p, q] = sum_n x[p, n + k - lags + 1] y[q, n]`` for
+    ``k = 0 .. 2 lags - 2`` (lags ``-(lags-1) .. lags-1``), of ``x`` ``(P, N)`` and ``y`` ``(Q, N)``.
+
+    Overlap-save in blocks: ``y`` is cut into blocks of ``step`` samples and each block is
+    correlated with the stretch of ``x`` around it, ``step + 2 (lags - 1)`` long, so the
+    circular correlation holds the wanted lags exactly; the cross-spectra are summed over
+    blocks (one batched matmul per group of blocks) and inverted once. Groups are padded
+    locally, so no copy of the whole track is made.
+    """
+    n_fft = 1 << max(4, math.ceil(math.log2(16 * lags)))
+    step = n_fft - 2 * (lags - 1)
+    nsampl = x.shape[-1]
+    nblocks = -(-nsampl // step)
+    nbins = n_fft // 2 + 1
+    group = max(1, block_bytes // (16 * nbins * (x.shape[0] + y.shape[0])))
+    cross = torch.zeros(nbins, x.shape[0], y.shape[0], dtype=torch.complex128, device=x.device)
+    for first in range(0, nblocks, group):
+        last = min(first + group, nblocks)
+        lo, hi = first * step - (lags - 1), last * step + lags - 1
+        x_part = torch.nn.functional.pad(x[:, max(lo, 0):hi], (max(0, -lo), max(0, hi - nsampl)))
+        lo, hi = first * step, last * step
+        y_part = torch.nn.functional.pad(y[:, lo:hi], (0, max(0, hi - nsampl))).view(y.shape[0], last - first, step)
+        # contiguous operands with the conjugation resolved: torch's batched complex matmul
+        # otherwise falls back to one small product per frequency (tens of times slower)
+        x_spec = torch.fft.rfft(x_part.unfold(-1, n_fft, step), dim=-1).permute(2, 0, 1).contiguous()  # (F, P, b)
+        y_spec = torch.fft.rfft(y_part, n=n_fft, dim=-1).permute(2, 1, 0).conj().resolve_conj().contiguous()
+        cross += torch.matmul(x_spec, y_spec)  # (F, P, b) @ (F, b, Q)
+    return torch.fft.irfft(cross, n=n_fft, dim=0)[: 2 * lags - 1]
+
+
+def _distortion_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int):
+    """museval's time-invariant distortion filters.
+
+    Returns ``filters`` ``(S_est, S_ref, C_in, C_out, L)``: estimate ``e`` projected on all
+    delayed references, and ``own`` ``(S, C_in, C_out, L)``: estimate ``j`` projected on
+    the delayed channels of reference ``j`` only.
+    """
+    nsrc, nchan, nsampl = refs.shape
+    nref, size = nsrc * nchan, nsrc * nchan * filters_len
+    flat_refs = refs.reshape(nref, nsampl)
+    corr = _correlations(flat_refs, torch.cat([flat_refs, ests.reshape(nref, nsampl)]), filters_len)
+    lag = torch.arange(filters_len, device=refs.device)
+    # G[(p, a), (q, b)] = <r_p delayed by a, r_q delayed by b> = corr(r_p, r_q) at lag b - a
+    gram = corr[(lag[None, :] - lag[:, None]) + filters_len - 1, :, :nref]  # (a, b, p, q)
+    gram = gram.permute(2, 0, 3, 1).reshape(size, size)
+    gram = (gram + gram.T) / 2  # exactly symmetric, as museval builds it
+    # D[(p, l), e] = <r_p delayed by l, estimate channel e> = corr(r_p, e) at lag -l
+    cross = corr[filters_len - 1 - lag, :, nref:].permute(1, 0, 2).reshape(size, nref)
+    gram.diagonal().add_(EPS)
+
+    solution = _solve_gram(gram, cross)
+    filters = solution.reshape(nsrc, nchan, filters_len, nsrc, nchan).permute(3, 0, 1, 4, 2)
+
+    if nsrc == 1:  # the same system as above: identical filters, so SIR is +inf as in museval
+        return filters, filters[:, 0]
+    block = nchan * filters_len
+    blocks = torch.stack([gram[j * block:(j + 1) * block, j * block:(j + 1) * block] for j in range(nsrc)])
+    rhs = torch.stack([cross[j * block:(j + 1) * block, j * nchan:(j + 1) * nchan] for j in range(nsrc)])
+    own = _solve_gram(blocks, rhs).reshape(nsrc, nchan, filters_len, nchan).permute(0, 1, 3, 2)
+    return filters, own
+
+
+def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``gram @ x = rhs`` for a (batch of) regularised Gram matrices.
+
+    Cholesky (half the work of museval's LU, and the factorisation dominates the cost);
+    LU where rounding makes the matrix not numerically positive definite (a stem whose
+    channels are identical); least squares, as museval, where it is exactly singular.
+    """
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if not bool((info == 0).all()):
+        factors, pivots, info = torch.linalg.lu_factor_ex(gram)
+        if bool((info == 0).all()):
+            return torch.linalg.lu_solve(factors, pivots, rhs)
+        if gram.device.type == "cpu":  # gelsd (SVD) as numpy's lstsq; CPU only
+            return torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+        return torch.linalg.pinv(gram, hermitian=True) @ rhs
+    return torch.cholesky_solve(rhs, factor)
+
+
+def _window_metrics(ref_windows, est_windows, err_windows, spectra, own_spectra, weight, n_fft) -> torch.Tensor:
+    """``(4, S, T)`` SDR, ISR, SIR, SAR (dB) of a block of windows ``(T, S, C, length)``."""
+    nwin, nsrc, nchan, _ = ref_windows.shape
+    # time-domain energies for SDR, so that an estimate equal to its reference gives exactly +inf
+    ref_energy = ref_windows.pow(2).sum((2, 3)).T
+    sdr = _db(ref_energy, err_windows.pow(2).sum((2, 3)).T)
+
+    def spectrum(windows):  # (F, T, S, C), contiguous: the batched matmul needs it to be fast
+        return torch.fft.rfft(windows, n=n_fft).permute(3, 0, 1, 2).contiguous()
+
+    def energy(z):  # (F, T, S, C) -> (S, T), by Parseval
+        return torch.tensordot(weight, z.real.pow(2) + z.imag.pow(2), dims=1).sum(-1).T
+
+    refs_f = spectrum(ref_windows)
+    nbins = refs_f.shape[0]
+    # projection of each estimate on all delayed references: (F, T, S*C) @ (F, S*C, S*C)
+    proj_all = torch.matmul(refs_f.view(nbins, nwin, -1), spectra).view(nbins, nwin, nsrc, nchan)
+    if nsrc == 1:
+        proj_own = proj_all
+    else:  # and on the delayed channels of its own reference
+        proj_own = (refs_f[..., :, None] * own_spectra[:, None]).sum(-2)
+    isr = _db(ref_energy, energy(proj_own - refs_f))
+    del refs_f
+    sir = _db(energy(proj_own), energy(proj_all - proj_own))
+    sar = _db(energy(proj_all), energy(spectrum(est_windows) - proj_all))
+    return torch.stack([sdr, isr, sir, sar])
+
+
+def _db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``10 log10(num / den)``; +inf where ``den == 0`` (museval's ``_safe_db``), -inf where only ``num`` is."""
+    return torch.where(den == 0, torch.full_like(num, float("inf")), 10 * torch.log10(num / den))

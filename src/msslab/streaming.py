@@ -1,0 +1,361 @@
+"""Streaming separation with causal models: audio blocks of any size in, separated blocks out.
+
+A :class:`Streamer` turns a causal checkpoint (``model=lstm``, ``model=gru``, any
+unidirectional RNN) into a block-by-block separator for live use. Its output is the
+offline separation of the same model (the system's forward on the whole signal in one
+piece) delayed by ``latency_samples``, for any block size:
+
+- framing: the offline STFT is centred with reflect padding. The stream builds the same
+  padding: at the start once it holds ``n_fft // 2 + 1`` samples, at the end in ``flush``
+  (inputs too short to reflect are zero-extended to ``n_fft``, as offline separation does);
+- the RNN hidden state is carried from frame to frame (``RNNSeparator.step``); every other
+  layer works frame by frame with statistics fixed at training time, so nothing looks at
+  the future or at whole-signal statistics;
+- overlap-add: a separated sample is final once the last frame covering it is done, which
+  is at most ``n_fft - 1`` samples after it arrived, whatever the hop and block size.
+
+The stream is held back by exactly that worst case, ``latency_samples = n_fft - 1`` (the
+model adds none: it is causal frame by frame), so every call returns as many samples as it
+was given. ``flush`` returns the last ``latency_samples`` samples: the stream of outputs is
+``latency_samples`` zeros followed by the offline separation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from .errors import AudioFileError, MsslabError
+from .system import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class StreamingError(MsslabError):
+    """A checkpoint or setting that cannot stream (bidirectional model, whole-file Wiener filter, ...)."""
+
+
+class Streamer:
+    """Block-by-block separation with a causal checkpoint; all inference state lives here.
+
+    Args:
+        system: a ``SeparationSystem`` or the path of a checkpoint written by ``msslab-train``.
+        device: where the model runs (a checkpoint is loaded there).
+
+    ``process(block)`` takes ``(channels, samples)`` float audio at ``sample_rate`` (numpy or
+    torch, any number of samples, the model's channel count) and returns
+    ``{target: (channels, samples)}`` of the same type and length, delayed by
+    ``latency_samples``. ``flush()`` ends the stream, returns the remaining
+    ``latency_samples`` samples per target, and readies the object for a new stream.
+    """
+
+    def __init__(self, system, device: str | torch.device = "cpu"):
+        if isinstance(system, (str, os.PathLike)):
+            system = load_checkpoint(system, map_location=device)
+        model = system.model
+        if getattr(model, "needs_targets", False):
+            raise StreamingError("streaming: the oracle model needs the true sources; it cannot separate a stream")
+        if not hasattr(model, "step"):
+            raise StreamingError(f"streaming: {type(model).__name__} has no frame-by-frame step to stream with")
+        if not model.causal:
+            raise StreamingError(
+                "streaming: this checkpoint's RNN is bidirectional: each frame's masks depend on the whole "
+                "signal, future frames included, which a stream has not received yet. Separate it offline "
+                "(streaming=false) or stream a causal model (model=lstm, model=gru).")
+        if system.wiener_iterations:
+            raise StreamingError(
+                f"streaming: wiener_iterations={system.wiener_iterations} is not causal (the Wiener filter "
+                "estimates each source's spatial covariance over the whole file); use wiener_iterations=0 to stream")
+        self.system = system.to(device).eval()
+        self.spectrogram = system.spectrogram
+        self.targets = list(system.targets)
+        self.sample_rate = self.spectrogram.sample_rate
+        self.nb_channels = model.nb_channels
+        self.n_fft, self.hop = self.spectrogram.n_fft, self.spectrogram.hop_length
+        self._envelopes = {}
+        self.reset()
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency in samples: ``n_fft - 1`` (the STFT window; the causal model adds none)."""
+        return self.n_fft - 1
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency in milliseconds at ``sample_rate``."""
+        return 1000.0 * self.latency_samples / self.sample_rate
+
+    def reset(self) -> None:
+        """Forget the current stream (framing, RNN and overlap-add state)."""
+        device = self.system.device
+        nb_targets, channels = len(self.targets), self.nb_channels
+        self._received = 0  # input samples given to process()
+        self._numpy = True  # return numpy arrays (the last block's type)
+        self._head = torch.zeros(channels, 0, device=device)  # the first samples, until the start padding can be built
+        self._padded = None  # the centre-padded input, from padded sample _padded_start on
+        self._padded_start = 0
+        self._next_frame = 0
+        self._rnn_state = None
+        # Overlap-add sums (estimates and squared window) over padded samples
+        # [_next_frame * hop, _next_frame * hop + n_fft - hop): earlier frames touched them, later ones will.
+        self._carry = torch.zeros(nb_targets, channels, self.n_fft - self.hop, device=device)
+        self._carry_envelope = torch.zeros(self.n_fft - self.hop, device=device)
+        self._to_trim = self.n_fft // 2  # the centre padding's samples, dropped from the output as istft does
+        # Finished output not yet returned; it starts with the latency as silence.
+        self._ready = torch.zeros(nb_targets, channels, self.latency_samples, device=device)
+
+    @torch.inference_mode()
+    def process(self, block) -> dict:
+        """``(channels, samples)`` -> ``{target: (channels, samples)}``, the separation delayed by ``latency_samples``."""
+        x = self._as_tensor(block)
+        self._received += x.shape[-1]
+        self._feed(x)
+        self._numpy = not isinstance(block, torch.Tensor)
+        return self._emit(x.shape[-1], numpy=self._numpy)
+
+    @torch.inference_mode()
+    def flush(self) -> dict:
+        """End the stream -> ``{target: (channels, latency_samples)}``, the separation's last samples.
+
+        Of the type of the last block (numpy when none was given); the streamer is then ready for a new stream.
+        """
+        length = self._received
+        if length <= self.n_fft // 2:  # too short to reflect: zero-extended, as offline separation does
+            self._feed(torch.zeros(self.nb_channels, self.n_fft - length, device=self.system.device))
+        # The offline STFT's reflect padding at the end: the samples before the last one, mirrored.
+        half = self.n_fft // 2
+        self._padded = torch.cat([self._padded, self._padded[:, -half - 1: -1].flip(-1)], dim=-1)
+        self._compute_frames()
+        # No frame follows: the overlap-add sums still open are final.
+        self._append(self._carry / self._carry_envelope)
+        # process() returned `length` samples of the stream (the latency's silence, then the separation).
+        out = self._emit(self.latency_samples, numpy=self._numpy)
+        self.reset()
+        return out
+
+    # ---------------------------------------------------------------- internals
+
+    def _as_tensor(self, block) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(block, dtype=np.float32) if isinstance(block, np.ndarray) else block)
+        if x.ndim != 2 or x.shape[0] != self.nb_channels:
+            raise ValueError(f"Streamer.process: a block is (channels={self.nb_channels}, samples), got shape "
+                             f"{tuple(x.shape)}")
+        return x.to(self.system.device, torch.float32)
+
+    def _feed(self, x: torch.Tensor) -> None:
+        if self._padded is None:
+            self._head = torch.cat([self._head, x], dim=-1)
+            half = self.n_fft // 2
+            if self._head.shape[-1] <= half:
+                return  # the start's reflect padding needs samples 1 .. n_fft // 2
+            self._padded = torch.cat([self._head[:, 1: half + 1].flip(-1), self._head], dim=-1)
+            self._head = None
+        else:
+            self._padded = torch.cat([self._padded, x], dim=-1)
+        self._compute_frames()
+
+    def _compute_frames(self) -> None:
+        """Separate every complete frame not done yet and overlap-add it."""
+        n_fft, hop = self.n_fft, self.hop
+        start = self._next_frame * hop - self._padded_start
+        available = self._padded.shape[-1] - start
+        if available < n_fft:
+            return
+        count = (available - n_fft) // hop + 1
+        span = (count - 1) * hop + n_fft
+        spec = self.spectrogram.frames(self._padded[:, start: start + span])[None]  # (1, C, F, count)
+        # oneDNN's RNN costs about 10 ms of set-up per call on a CPU, ten times ATen's kernel for a few frames.
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            masks, self._rnn_state = self.system.model.step(spec.abs(), self._rnn_state)
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+        frames = self.spectrogram.inverse_frames((masks * spec.unsqueeze(1))[0])  # (S, C, n_fft, count)
+        sums = self._overlap_add(frames, span)
+        envelope = self._envelope(count)
+        sums[..., : n_fft - hop] += self._carry
+        envelope[: n_fft - hop] += self._carry_envelope
+        done = count * hop
+        self._append(sums[..., :done] / envelope[:done])
+        self._carry, self._carry_envelope = sums[..., done:], envelope[done:]
+        self._next_frame += count
+        # Keep what the next frames need, and at least n_fft samples for the end's reflect padding.
+        keep_from = min(self._next_frame * hop, self._padded_start + self._padded.shape[-1] - n_fft)
+        self._padded = self._padded[:, keep_from - self._padded_start:]
+        self._padded_start = keep_from
+
+    def _envelope(self, count: int) -> torch.Tensor:
+        """Overlap-add of the squared window over ``count`` frames (a fresh tensor: the caller adds to it)."""
+        if count not in self._envelopes:
+            square = self.spectrogram.window.square()[:, None].expand(self.n_fft, count)
+            self._envelopes = {count: self._overlap_add(square, (count - 1) * self.hop + self.n_fft)}  # one size cached
+        return self._envelopes[count].clone()
+
+    def _overlap_add(self, frames: torch.Tensor, span: int) -> torch.Tensor:
+        """``(..., n_fft, frames)`` -> ``(..., span)``: the frames summed at their hop positions."""
+        lead = frames.shape[:-2]
+        out = F.fold(frames.reshape(-1, self.n_fft, frames.shape[-1]), (1, span), (1, self.n_fft),
+                     stride=(1, self.hop))
+        return out.reshape(*lead, span)
+
+    def _append(self, finished: torch.Tensor) -> None:
+        trim = min(self._to_trim, finished.shape[-1])
+        self._to_trim -= trim
+        self._ready = torch.cat([self._ready, finished[..., trim:]], dim=-1)
+
+    def _emit(self, count: int, numpy: bool) -> dict:
+        if self._ready.shape[-1] < count:  # the latency covers every block size; this is a bug if reached
+            raise RuntimeError(f"Streamer: {count} samples due, {self._ready.shape[-1]} ready")
+        out, self._ready = self._ready[..., :count], self._ready[..., count:]
+        if numpy:
+            out = out.cpu().numpy()
+        return dict(zip(self.targets, out))
+
+
+def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float) -> list[Path]:
+    """``msslab-separate streaming=true``: separate each file block by block with a :class:`Streamer`.
+
+    ``plan`` maps each input file to ``{target: output path}``. Files are read and written
+    in blocks of ``block_ms`` milliseconds (memory does not grow with their length); each
+    output has its input's sample rate, channel count and length (the stream's latency is
+    dropped from its start). An output is written under a temporary name and renamed when
+    complete. Returns the written files.
+    """
+    streamer = Streamer(system, device=system.device)
+    if not block_ms > 0:
+        raise StreamingError(f"block_ms must be positive, got {block_ms}")
+    infos = {path: _stream_info(path) for path in plan}  # fail on a bad input before writing anything
+    written = []
+    for path, outputs in plan.items():
+        info = infos[path]
+        block = max(1, round(block_ms * info.samplerate / 1000))
+        _stream_file(streamer, path, outputs, info, block)
+        written.extend(outputs.values())
+        log.info("%s -> %s (streamed in blocks of %d samples)", path, next(iter(outputs.values())).parent, block)
+        print(f"{path}: {', '.join(str(p) for p in outputs.values())}", flush=True)
+    return written
+
+
+def _stream_info(path: Path):
+    if not path.is_file():
+        raise AudioFileError(f"input: {path} does not exist")
+    try:
+        info = sf.info(path)
+    except Exception as exc:
+        raise AudioFileError(f"input: {path} is not a readable audio file ({exc})") from None
+    if info.frames == 0:
+        raise AudioFileError(f"input: {path} holds no samples")
+    return info
+
+
+class StreamResampler:
+    """torchaudio's sinc resampling (``torchaudio.functional.resample`` with its defaults), block by block.
+
+    The outputs of ``process`` followed by that of ``finish`` are the resampling of the
+    whole signal at once: the same kernel applied at the same positions, with the same
+    zeros beyond both ends. Holds back about one kernel width of input (``lowpass_filter_width``
+    zero crossings, 6 by default: under 1 ms at 8 kHz and above).
+    """
+
+    def __init__(self, orig_freq: int, new_freq: int, channels: int):
+        transform = torchaudio.transforms.Resample(orig_freq, new_freq)
+        self.kernel, self.width = transform.kernel, transform.width  # (new, 1, 2 * width + orig), zeros each side
+        divisor = math.gcd(orig_freq, new_freq)
+        self.orig, self.new = orig_freq // divisor, new_freq // divisor
+        self._buffer = torch.zeros(channels, self.width)  # the whole-signal resampler's leading zeros
+        self._received = self._produced = 0
+
+    def process(self, x: torch.Tensor) -> torch.Tensor:
+        """``(channels, samples)`` at ``orig_freq`` -> ``(channels, samples')`` at ``new_freq``, as far as known."""
+        self._received += x.shape[-1]
+        self._buffer = torch.cat([self._buffer, x], dim=-1)
+        size = self.kernel.shape[-1]
+        if self._buffer.shape[-1] < size:
+            return self._buffer[:, :0]
+        groups = (self._buffer.shape[-1] - size) // self.orig + 1  # each: `orig` samples in, `new` out
+        y = F.conv1d(self._buffer[:, None, : (groups - 1) * self.orig + size], self.kernel, stride=self.orig)
+        self._buffer = self._buffer[:, groups * self.orig:]
+        y = y.transpose(1, 2).reshape(x.shape[0], -1)
+        self._produced += y.shape[-1]
+        return y
+
+    def finish(self) -> torch.Tensor:
+        """The rest of the output: ``ceil(samples * new_freq / orig_freq)`` in all, as the whole-signal resampling."""
+        channels = self._buffer.shape[0]
+        total = math.ceil(self.new * self._received / self.orig)
+        produced = self._produced
+        y = self.process(torch.zeros(channels, self.width + self.orig))
+        return y[:, : max(0, total - produced)]
+
+
+def _stream_file(streamer: Streamer, path: Path, outputs: dict[str, Path], info, block: int) -> None:
+    """Read, resample, stream, resample back and write in blocks; the outputs appear complete or not at all."""
+    channels, rate, length = info.channels, info.samplerate, info.frames
+    model_channels, model_rate = streamer.nb_channels, streamer.sample_rate
+    nb_targets = len(streamer.targets)
+    resample_in = StreamResampler(rate, model_rate, model_channels) if rate != model_rate else None
+    resample_out = StreamResampler(model_rate, rate, nb_targets * model_channels) if rate != model_rate else None
+    temporary = {t: out.with_name(f".{out.stem}.partial{out.suffix}") for t, out in outputs.items()}
+    to_skip = streamer.latency_samples  # the stream starts with this much silence (at the model's rate)
+    written = 0
+    writers = {}
+
+    def write(estimates: torch.Tensor, last: bool = False) -> None:
+        """``(targets, model channels, samples)`` at the model's rate, the stream's next samples."""
+        nonlocal to_skip, written
+        skip = min(to_skip, estimates.shape[-1])
+        to_skip -= skip
+        estimates = estimates[..., skip:]
+        if resample_out is not None:
+            flat = estimates.reshape(nb_targets * model_channels, -1)
+            flat = torch.cat([resample_out.process(flat), resample_out.finish()], -1) if last else resample_out.process(flat)
+            estimates = flat.reshape(nb_targets, model_channels, -1)
+        if last:  # the input's length exactly, as offline separation gives
+            estimates = F.pad(estimates, (0, max(0, length - written - estimates.shape[-1])))
+        estimates = estimates[..., : length - written]
+        if channels != model_channels:  # back to the file's channels, as offline separation does
+            estimates = estimates.mean(1, keepdim=True).expand(-1, channels, -1)
+        for target, estimate in zip(streamer.targets, estimates.numpy()):
+            writers[target].write(estimate.T)
+        written += estimates.shape[-1]
+
+    def separate(mixture: torch.Tensor) -> torch.Tensor:
+        """``(model channels, samples)`` at the model's rate -> the stream's ``(targets, model channels, samples)``."""
+        pieces = streamer.process(mixture)
+        return torch.stack([pieces[t] for t in streamer.targets]).cpu()
+
+    try:
+        for target, tmp in temporary.items():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            writers[target] = sf.SoundFile(tmp, "w", samplerate=rate, channels=channels, subtype="FLOAT", format="WAV")
+        with sf.SoundFile(path) as source:
+            for audio in source.blocks(blocksize=block, dtype="float32", always_2d=True):
+                if not np.isfinite(audio).all():
+                    raise AudioFileError(f"input: {path} contains NaN or infinite samples")
+                mixture = torch.from_numpy(audio.T)
+                if channels != model_channels:  # mono in a stereo model: duplicate; more channels: downmix
+                    mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
+                write(separate(resample_in.process(mixture) if resample_in is not None else mixture))
+        tail = separate(resample_in.finish()) if resample_in is not None else None
+        end = streamer.flush()
+        end = torch.stack([end[t] for t in streamer.targets]).cpu()
+        write(end if tail is None else torch.cat([tail, end], -1), last=True)
+        for writer in writers.values():
+            writer.close()
+        for target, tmp in temporary.items():
+            os.replace(tmp, outputs[target])
+    finally:
+        streamer.reset()
+        for writer in writers.values():
+            writer.close()
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
