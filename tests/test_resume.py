@@ -19,6 +19,7 @@ TINY = ["experiment=smoke", "data.targets=[vocals,accompaniment]", "data.train_t
 # 2 epochs of 20 steps, a step checkpoint every 3: long enough to be killed mid-epoch.
 KILLABLE = [*TINY, "trainer.max_epochs=2", "data.samples_per_track=40", "trainer.limit_train_batches=20",
             "callbacks.step_checkpoint.every_n_train_steps=3"]
+LONG = 900  # s; a few seconds each on an idle machine, minutes on a crowded one
 
 
 def _results(run_dir: Path) -> dict:
@@ -29,21 +30,22 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
     run_dir = tmp_path / "run"
     process = cli.start("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}")
     step_ckpt = run_dir / "checkpoints" / "step.ckpt"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + LONG
     while not step_ckpt.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
-    killed = cli.wait(process)
+    killed = cli.wait(process, timeout=LONG)
     assert killed.returncode == -signal.SIGKILL, killed.tail()
     assert step_ckpt.exists() and not (run_dir / "results.json").exists()
     hydra_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
 
     # A changed config is refused, naming the key, and the run's recorded config is kept.
-    changed = cli.run("msslab.train", *KILLABLE, "model.hidden_size=48", f"hydra.run.dir={run_dir}", "resume=auto")
+    changed = cli.run("msslab.train", *KILLABLE, "model.hidden_size=48", f"hydra.run.dir={run_dir}", "resume=auto",
+                      timeout=LONG)
     assert changed.returncode != 0 and "model.hidden_size: 32 -> 48" in changed.output, changed.tail()
     assert "Traceback" not in changed.output
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
-    resumed = cli.run("msslab.train", f"resume={run_dir}")  # the run's own overrides
+    resumed = cli.run("msslab.train", f"resume={run_dir}", timeout=LONG)  # the run's own overrides
     assert resumed.returncode == 0, resumed.tail()
     results = _results(run_dir)
     assert results["status"] == "completed", results.get("error")
@@ -60,7 +62,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
 
 def test_runs_started_together_get_their_own_directories(cli, tmp_path):
     runs = cli.run_all({seed: ["msslab.train", *TINY, "trainer.max_epochs=1", "logger=csv", "name=twin",
-                               f"seed={seed}"] for seed in (1, 2)})
+                               f"seed={seed}"] for seed in (1, 2)}, timeout=LONG)
     for result in runs.values():
         assert result.returncode == 0, result.tail()
     run_dirs = sorted((tmp_path / "outputs" / "twin").iterdir())
