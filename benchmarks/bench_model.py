@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from msslab.evaluate import separate_chunked
+from msslab.inference import SeparationSettings, separate
 from msslab.metric import bsseval
 from msslab.system import build_system
 
@@ -74,12 +74,11 @@ def main():
     track, mixture, targets = datamodule.test_track(0)
     seconds_audio = mixture.shape[-1] / datamodule.sample_rate
     start = time.perf_counter()
-    estimates = separate_chunked(system, mixture, int(cfg.separation.chunk_seconds * datamodule.sample_rate),
-                                 int(cfg.separation.overlap_seconds * datamodule.sample_rate))
+    estimates = separate(system, mixture, SeparationSettings.resolve(cfg.separation))
     separate_s = time.perf_counter() - start
     start = time.perf_counter()
     bsseval.score_track(track, system.targets, targets.permute(0, 2, 1).numpy(), estimates.permute(0, 2, 1).numpy(),
-                        datamodule.sample_rate)
+                        datamodule.sample_rate, backend="museval")
     museval_s = time.perf_counter() - start
     print(f"one test track ({seconds_audio:.0f} s, {len(system.targets)} targets): separate {separate_s:.2f} s, "
           f"museval {museval_s:.2f} s ({museval_s / separate_s:.0f}x separation)")

@@ -7,14 +7,16 @@ time per block divided by the block's duration (the real-time factor, RTF: below
 up with real time), with the algorithmic latency. ``x hop`` is the mean RTF over that of
 the one-hop block of the same preset, measured in the same run. ``CPU RTF`` counts the
 thread's CPU time instead of wall time: on a machine shared with other work it shows the
-cost without the time spent waiting for a core.
+cost without the time spent waiting for a core, and ``RTF min`` (the fastest block) is
+closest to the cost on an idle core.
 
-    python benchmarks/bench_streaming.py [--seconds 10] [--presets lstm gru umx-causal]
+    python benchmarks/bench_streaming.py [--seconds 10] [--presets lstm gru umx-causal] [--wiener-context-ms 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -37,10 +39,12 @@ PRESETS = {  # name: overrides of the train config
 }
 
 
-def build(overrides):
+def build(overrides, wiener_iterations: int = 0):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["logger=none", f"paths.output_dir={tempfile.gettempdir()}", *overrides])
-    return build_system(cfg, TARGETS, nb_channels=2, residual=False).eval()
+    system = build_system(cfg, TARGETS, nb_channels=2, residual=False).eval()
+    system.wiener_iterations = wiener_iterations
+    return system
 
 
 def block_sizes(hop: int, rate: int) -> list[int]:
@@ -48,8 +52,8 @@ def block_sizes(hop: int, rate: int) -> list[int]:
     return [hop] + [round(ms * rate / 1000) for ms in (10, 20, 50, 100) if ms * rate / 1000 > hop]
 
 
-def rtf(streamer: Streamer, block: int, seconds: float) -> tuple[float, float, float]:
-    """Per block over the block duration: wall time (mean, 99th percentile) and this thread's CPU time (mean)."""
+def rtf(streamer: Streamer, block: int, seconds: float) -> tuple[float, float, float, float]:
+    """Per block over the block duration: wall time (mean, 99th percentile, minimum), this thread's CPU time (mean)."""
     rate = streamer.sample_rate
     audio = np.random.default_rng(0).standard_normal((streamer.nb_channels, int(seconds * rate))).astype(np.float32)
     streamer.reset()
@@ -64,7 +68,7 @@ def rtf(streamer: Streamer, block: int, seconds: float) -> tuple[float, float, f
     cpu = time.thread_time() - cpu
     streamer.flush()
     times = np.array(times) / (block / rate)
-    return float(times.mean()), float(np.percentile(times, 99)), cpu / (len(times) * block / rate)
+    return float(times.mean()), float(np.percentile(times, 99)), float(times.min()), cpu / (len(times) * block / rate)
 
 
 def main():
@@ -72,21 +76,29 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0, help="audio streamed per block size")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wiener-context-ms", type=float, default=None,
+                        help="also time the causal Wiener filter (1 iteration) over this much past")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.seconds:g} s streamed per row, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"{'preset':11s} {'rate Hz':>7s} {'n_fft':>5s} {'hop':>5s} {'latency ms':>10s} {'block':>6s} {'block ms':>8s} "
-          f"{'RTF':>7s} {'RTF p99':>7s} {'x hop':>6s} {'CPU RTF':>7s}")
-    for name in args.presets:
-        streamer = Streamer(build(PRESETS[name]))
+    print(f"{'preset':13s} {'rate Hz':>7s} {'n_fft':>5s} {'hop':>5s} {'latency ms':>10s} {'block':>6s} {'block ms':>8s} "
+          f"{'RTF':>7s} {'RTF p99':>7s} {'x hop':>6s} {'CPU RTF':>7s} {'RTF min':>7s}")
+    runs = [(name, Streamer(build(PRESETS[name]))) for name in args.presets]
+    if args.wiener_context_ms:
+        for name in args.presets:
+            system = build(PRESETS[name], wiener_iterations=1)
+            frames = math.ceil(args.wiener_context_ms * system.spectrogram.sample_rate / 1000
+                               / system.spectrogram.hop_length)
+            runs.append((f"{name}+wiener", Streamer(system, wiener_context_frames=frames)))
+    for name, streamer in runs:
         rate, hop = streamer.sample_rate, streamer.hop
         baseline = None
         for block in block_sizes(hop, rate):
-            mean, p99, cpu = rtf(streamer, block, args.seconds)
+            mean, p99, least, cpu = rtf(streamer, block, args.seconds)
             baseline = baseline or mean
-            print(f"{name:11s} {rate:7d} {streamer.n_fft:5d} {hop:5d} {streamer.latency_ms:10.1f} {block:6d} "
-                  f"{1000 * block / rate:8.1f} {mean:7.3f} {p99:7.3f} {mean / baseline:6.2f} {cpu:7.3f}", flush=True)
+            print(f"{name:13s} {rate:7d} {streamer.n_fft:5d} {hop:5d} {streamer.latency_ms:10.1f} {block:6d} "
+                  f"{1000 * block / rate:8.1f} {mean:7.3f} {p99:7.3f} {mean / baseline:6.2f} {cpu:7.3f} {least:7.3f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -114,6 +114,24 @@ def test_refuses_what_cannot_stream():
         Streamer(tiny_system("gru")).process(np.zeros((1, 10)))
 
 
+def test_causal_wiener_filter():
+    """Over a past context only: any block size gives the same, and the future does not change the past."""
+    filtered = tiny_system("lstm", wiener_iterations=1)
+    mixture = np.random.default_rng(5).standard_normal((2, 700)).astype(np.float32)
+    outputs = [stream(Streamer(filtered, wiener_context_frames=4), mixture, block) for block in (7, 300)]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5, rtol=0)
+    changed = mixture.copy()
+    changed[:, 400:] = 0
+    after_change = stream(Streamer(filtered, wiener_context_frames=4), changed, 7)
+    # The stream's sample s depends on the input up to s only (its output for earlier input is delayed).
+    np.testing.assert_array_equal(after_change[..., :400], outputs[0][..., :400])
+    assert np.abs(after_change[..., 500:] - outputs[0][..., 500:]).max() > 0.1
+    plain = stream(Streamer(tiny_system("lstm")), mixture, 7)  # the same weights without the filter
+    assert np.abs(plain - outputs[0]).max() > 1e-2
+    # Wiener gains over all targets add up to one, as the softmax masks do.
+    np.testing.assert_allclose(outputs[0].sum(0)[..., 63:], mixture, atol=1e-4, rtol=0)
+
+
 def test_separate_refuses_a_bidirectional_checkpoint(tmp_path):
     from msslab.separate import separate
 

@@ -1,4 +1,4 @@
-"""Test-set evaluation: separate whole tracks, score them with museval, write results.
+"""Test-set evaluation: separate whole tracks, score them with BSSEval v4, write results.
 
 ``msslab-eval ckpt=PATH`` scores a checkpoint; ``msslab-eval model=oracle_irm``
 scores the ideal ratio mask and ``model=mixture`` the mixture as every estimate
@@ -9,18 +9,15 @@ and ``results.json`` into the run directory and print the table.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from .errors import exit_on_user_error
+from .inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
 from .results import results_table, run_identity, write_results
 
@@ -28,51 +25,17 @@ log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-@torch.no_grad()
-def separate_chunked(system, mixture: torch.Tensor, chunk_frames: int, overlap_frames: int,
-                     targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Separate a long mixture ``(C, T)`` in overlapping chunks -> ``(S, C, T)``.
-
-    Chunks are all ``chunk_frames`` long (the last one is aligned to the end), and
-    neighbours are cross-faded over ``overlap_frames`` (0: hard cuts), so memory is
-    bounded by the chunk size whatever the length. ``targets`` ``(S, C, T)`` is
-    passed chunk by chunk to models that need it (the oracle).
-    """
-    length = mixture.shape[-1]
-    shortest = system.spectrogram.n_fft  # the STFT's reflect padding needs this much signal
-    if length < shortest:
-        pad = (0, shortest - length)
-        padded = None if targets is None else torch.nn.functional.pad(targets, pad)
-        return separate_chunked(system, torch.nn.functional.pad(mixture, pad), chunk_frames, 0, padded)[..., :length]
-    chunk_frames = max(chunk_frames, shortest)
-    if length <= chunk_frames:
-        return system(mixture[None], None if targets is None else targets[None])[0]
-    overlap = min(max(overlap_frames, 0), chunk_frames // 2)
-    starts = list(range(0, length - chunk_frames, chunk_frames - overlap)) + [length - chunk_frames]
-    ramp = torch.linspace(0, 1, overlap + 2, dtype=mixture.dtype)[1:-1]
-    out, weight = None, torch.zeros(length, dtype=mixture.dtype)
-    for start in starts:
-        stop = start + chunk_frames
-        chunk_targets = None if targets is None else targets[None, ..., start:stop]
-        estimate = system(mixture[None, :, start:stop], chunk_targets)[0]
-        if out is None:
-            out = torch.zeros(estimate.shape[:-1] + (length,), dtype=estimate.dtype)
-        fade = torch.ones(chunk_frames, dtype=mixture.dtype)
-        if overlap and start > 0:
-            fade[:overlap] = ramp
-        if overlap and stop < length:
-            fade[-overlap:] = ramp.flip(0)
-        out[..., start:stop] += estimate * fade
-        weight[start:stop] += fade
-    return out / weight
-
-
 def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None,
                     condition=None) -> dict:
-    """Separate and score every test track; return ``{"sources", "tracks", "eval_seconds", "example"}``.
+    """Separate and score every test track.
 
-    Separation runs in this process; museval (the slow part) runs in ``metric_cfg.n_jobs``
-    worker processes while the next tracks are separated. ``condition``: a
+    Returns ``{"sources", "tracks", "tracks_scored", "metric", "eval_seconds", "example",
+    "separation"}`` (the last: the separation settings used, and the device). Separation runs
+    in this process on the system's device (``msslab.inference``, with ``separation_cfg``: a
+    config block or :class:`SeparationSettings`). BSSEval runs with ``metric_cfg.backend``
+    (``torch`` on ``metric_cfg.device``, default the model's device; ``museval`` in
+    ``metric_cfg.n_jobs`` worker processes while the next tracks are separated), see
+    :class:`msslab.metric.bsseval.TrackScorer`. ``condition``: a
     :class:`msslab.conditions.Condition` that perturbs each test track (None or clean: as is;
     otherwise the museval files go to ``museval/<condition>/``).
     """
@@ -81,50 +44,31 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
     tracks = datamodule.test_tracks
     nb = len(tracks) if nb_tracks is None else min(nb_tracks, len(tracks))
     sr = datamodule.sample_rate
-    chunk, overlap = int(separation_cfg.chunk_seconds * sr), int(separation_cfg.overlap_seconds * sr)
-    n_jobs = metric_cfg.n_jobs or bsseval.default_jobs()
-    kwargs = dict(sample_rate=sr, win_seconds=metric_cfg.win_seconds, hop_seconds=metric_cfg.hop_seconds)
+    settings = (separation_cfg if isinstance(separation_cfg, SeparationSettings)
+                else SeparationSettings.resolve(OmegaConf.to_container(separation_cfg)))
     museval_dir = Path(run_dir) / "museval" / ("" if condition is None or condition.clean else condition.name)
-    track_medians, example = {}, None
-
-    def collect(result):
-        bsseval.write_track_json(result, museval_dir)
-        track_medians[result["name"]] = result["medians"]
-
-    pool = ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) if n_jobs > 1 else None
-    pending = []
-    try:
-        for i in tqdm(range(nb), desc="separating + museval", unit="track"):
+    example = None
+    with bsseval.TrackScorer(system.targets, sr, metric_cfg, system.device, museval_dir) as scorer:
+        for i in tqdm(range(nb), desc="separating + BSSEval", unit="track"):
             name, mixture, targets = datamodule.test_track(i, condition)
             true = targets if system.needs_targets else None
-            estimates = separate_chunked(system, mixture.to(system.device), chunk, overlap,
-                                         None if true is None else true.to(system.device)).cpu()
+            estimates = separate(system, mixture, settings, targets=true)
             if example is None:
                 example = {"name": name, "sample_rate": sr, "mixture": mixture.numpy(),
                            "estimates": {t: e.numpy() for t, e in zip(system.targets, estimates)}}
-            refs, ests = targets.permute(0, 2, 1).numpy(), estimates.permute(0, 2, 1).numpy()
-            if pool is None:
-                collect(bsseval.score_track(name, system.targets, refs, ests, **kwargs))
-                continue
-            pending.append(pool.submit(bsseval.score_track, name, system.targets, refs, ests, **kwargs))
-            while len(pending) >= 2 * n_jobs:  # bound the memory held by queued tracks
-                collect(pending.pop(0).result())
-        for future in pending:
-            collect(future.result())
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return {"sources": bsseval.aggregate(track_medians), "tracks": track_medians,
-            "eval_seconds": time.perf_counter() - start_time, "example": example}
+            scorer.add(name, targets, estimates)
+        scores = scorer.summary()
+    return scores | {"eval_seconds": time.perf_counter() - start_time, "example": example,
+                     "separation": settings.as_dict() | {"device": str(system.device)}}
 
 
-def evaluate_conditions(system, datamodule, run_dir: Path, cfg) -> dict:
+def evaluate_conditions(system, datamodule, run_dir: Path, cfg, separation=None) -> dict:
     """:func:`evaluate_system` once per test condition of ``cfg.conditions`` (default: clean).
 
-    Returns the clean condition's ``{"sources", "tracks", "example"}`` (the first
-    condition's when clean is not selected) plus ``"conditions": {name: {"sources",
-    "tracks", "parameters"}}`` (parameters: what was drawn per track) and the total
-    ``"eval_seconds"``.
+    ``separation``: :class:`SeparationSettings` (default: ``cfg.separation``). Returns the clean
+    condition's ``{"sources", "tracks", "example"}`` (the first condition's when clean is not
+    selected) plus ``"conditions": {name: {"sources", "tracks", "parameters"}}`` (parameters:
+    what was drawn per track), the total ``"eval_seconds"`` and the ``"separation"`` settings used.
     """
     from .conditions import CLEAN, build_conditions
 
@@ -133,11 +77,12 @@ def evaluate_conditions(system, datamodule, run_dir: Path, cfg) -> dict:
     for name, condition in conditions.items():
         if len(conditions) > 1:
             log.info("test condition %s", name)
-        scored[name] = evaluate_system(system, datamodule, run_dir, cfg.metric, cfg.separation,
-                                       condition=condition)
+        scored[name] = evaluate_system(system, datamodule, run_dir, cfg.metric,
+                                       cfg.separation if separation is None else separation, condition=condition)
     main = scored.get(CLEAN) or next(iter(scored.values()))
     return {"sources": main["sources"], "tracks": main["tracks"], "example": main["example"],
-            "eval_seconds": sum(r["eval_seconds"] for r in scored.values()),
+            "tracks_scored": main["tracks_scored"], "metric": main["metric"],
+            "eval_seconds": sum(r["eval_seconds"] for r in scored.values()), "separation": main["separation"],
             "conditions": {name: {"sources": r["sources"], "tracks": r["tracks"],
                                   "parameters": conditions[name].parameters} for name, r in scored.items()}}
 
@@ -169,28 +114,34 @@ def evaluate(cfg: DictConfig) -> dict:
     from .system import build_system, covers_mixture, load_checkpoint
 
     run_dir = Path(cfg.paths.output_dir)
+    device = resolve_device(cfg.device)
+    trained_separation = None
     if cfg.ckpt:
-        system = load_checkpoint(cfg.ckpt)
+        system = load_checkpoint(cfg.ckpt, map_location=device)
         trained = OmegaConf.create(system.config)
+        trained_separation = OmegaConf.to_container(trained.separation) if "separation" in trained else None
         with open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
             cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
     datamodule = instantiate(cfg.data, augmentation=None)
     datamodule.setup("test")
     if not cfg.ckpt:
         residual = not covers_mixture(datamodule.sources, datamodule.groups)
-        system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual)
+        system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual).to(device)
         if any(p.requires_grad for p in system.model.parameters()):
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
-    results = evaluate_conditions(system, datamodule, run_dir, cfg)
+    # The command's separation settings win; the ones it leaves null are the checkpoint's.
+    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), trained_separation)
+    results = evaluate_conditions(system, datamodule, run_dir, cfg, separation=settings)
     # Named as the run that trained the model (so compare pairs it with that run's seeds and
     # variants); what this command set (data, metric, separation) is recorded beside it.
     identity = system.config["run"]
     extra = {"eval_overrides": run_identity()["overrides"], "identity_from": identity.get("source")} if cfg.ckpt else {}
     write_results(run_dir, status="completed", choices=identity["choices"], overrides=identity["overrides"],
                   seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, **extra,
-                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
-                  train_seconds=0.0, eval_seconds=results["eval_seconds"])
+                  sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
+                  metric=results["metric"], conditions=results["conditions"],
+                  train_seconds=0.0, eval_seconds=results["eval_seconds"], separation=results["separation"])
     print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
     return results

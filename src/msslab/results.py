@@ -88,7 +88,9 @@ def run_identity(cfg=None) -> dict:
         choices.pop("experiment", None)
     seed = None
     if cfg is not None:
-        choices["augmentation"] = list(cfg.get("augmentation") or {})
+        from .augmentation.pipeline import stage_names  # the settings (placement) are no choice
+
+        choices["augmentation"] = stage_names(cfg.get("augmentation"))
         seed = cfg.get("seed")
     return {"choices": choices, "overrides": overrides, "seed": seed}
 
@@ -112,5 +114,7 @@ def stored_identity(config: dict, run_dir: Path | None) -> dict:
                    if not k.startswith("hydra") and "/" not in k and v is not None}
         overrides = [str(o) for o in OmegaConf.to_container(node.hydra.overrides.task)]
         source = "run directory"
-    choices["augmentation"] = list(config.get("augmentation") or {})
+    from .augmentation.pipeline import stage_names
+
+    choices["augmentation"] = stage_names(config.get("augmentation"))
     return {"choices": choices, "overrides": overrides, "seed": config.get("seed"), "source": source}

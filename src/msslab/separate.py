@@ -2,41 +2,45 @@
 
 ``msslab-separate ckpt=model.ckpt input=song.flac output=separated`` writes
 ``separated/song/<target>.wav`` at the input's sample rate, channel count and length.
-Any length works: the model sees overlapping chunks of ``chunk_seconds``.
+Any length works in flat memory: the file is read, resampled to the model's rate,
+separated (``msslab.inference``), resampled back and written block by block.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .data.audio import AudioInfo, BadAudio, audio_info, check_finite, read_resampled, read_span, resampled_length
 from .errors import AudioFileError, exit_on_user_error
-from .evaluate import CONF_DIR, separate_chunked
+from .evaluate import CONF_DIR
+from .inference import SeparationSettings, resolve_device, separate_stream
 from .system import load_checkpoint
 
 log = logging.getLogger(__name__)
+BLOCK_SECONDS = 10.0  # output written per step (at the input's rate)
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """``(channels, samples)`` float32 and the sample rate, or an error naming the file."""
+def check_input(path: Path) -> AudioInfo:
+    """The header of a readable, complete, finite audio file, or an error naming the file (streams, reads no more)."""
     if not path.is_file():
         raise AudioFileError(f"input: {path} does not exist")
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise AudioFileError(f"input: {path} is not a readable audio file ({exc})") from None
-    if audio.shape[0] == 0:
-        raise AudioFileError(f"input: {path} holds no samples")
-    if not np.isfinite(audio).all():
-        raise AudioFileError(f"input: {path} contains NaN or infinite samples")
-    return audio.T, rate
+        info = audio_info(str(path))
+    except BadAudio as exc:
+        raise AudioFileError(f"input: {path} is not a readable audio file ({exc.problem})") from None
+    try:
+        check_finite(info)
+    except BadAudio as exc:
+        raise AudioFileError(f"input: {path} {exc.problem}") from None
+    return info
 
 
 def output_paths(inputs: list[Path], output: Path, targets: list[str]) -> dict[Path, dict[str, Path]]:
@@ -47,33 +51,74 @@ def output_paths(inputs: list[Path], output: Path, targets: list[str]) -> dict[P
     return {p: {t: output / p.stem / f"{t}.wav" for t in targets} for p in inputs}
 
 
-@torch.no_grad()
-def separate_file(system, audio: np.ndarray, rate: int, chunk_seconds: float, overlap_seconds: float) -> np.ndarray:
-    """``(channels, samples)`` at ``rate`` -> ``(targets, channels, samples)`` at the same rate and length."""
+class _Pending:
+    """Model-rate estimates as they stream out of the separator, read back by position.
+
+    Reads never go backwards, so everything before the last read's start is dropped.
+    """
+
+    def __init__(self, blocks):
+        self.blocks, self.start, self.buffer = blocks, 0, None
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        while self.buffer is None or self.start + self.buffer.shape[-1] < stop:
+            block = next(self.blocks).float().cpu().numpy()
+            self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], -1)
+        self.buffer, self.start = self.buffer[..., start - self.start :], start
+        return {"estimates": self.buffer[..., : stop - start]}
+
+
+def separate_file(system, info: AudioInfo, outputs: dict[str, Path], settings: SeparationSettings,
+                  block_seconds: float = BLOCK_SECONDS) -> None:
+    """Separate one file into ``outputs`` (``{target: path}``) at its rate, channel count and length.
+
+    Each output is written to ``<path>.partial`` and renamed when complete, so a crash
+    leaves no truncated result under the final name.
+    """
+    rate, frames, channels = info.sample_rate, info.frames, info.channels
     model_rate = system.spectrogram.sample_rate
     model_channels = system.config["nb_channels"]
-    mixture = torch.from_numpy(audio)
-    channels, length = mixture.shape
-    if channels != model_channels:  # mono in a stereo model: duplicate; more channels: downmix
-        mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
-    if rate != model_rate:
-        mixture = AF.resample(mixture, rate, model_rate)
-    estimates = separate_chunked(system, mixture.to(system.device), int(chunk_seconds * model_rate),
-                                 int(overlap_seconds * model_rate)).cpu()
-    if rate != model_rate:
-        estimates = AF.resample(estimates, model_rate, rate)
-    estimates = torch.nn.functional.pad(estimates, (0, max(0, length - estimates.shape[-1])))[..., :length]
-    if channels != model_channels:
-        estimates = estimates.mean(1, keepdim=True).expand(-1, channels, -1)
-    return estimates.numpy()
+
+    def read_input(start: int, stop: int):  # model-rate, model-channel mixture samples [start, stop)
+        span = read_resampled(lambda a, b: {"mixture": read_span(info.path, a, b)}, frames, rate, model_rate,
+                              start, stop - start)["mixture"]
+        mixture = torch.from_numpy(span)
+        if channels != model_channels:  # mono in a stereo model: duplicate; more channels: downmix
+            mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
+        return mixture, None
+
+    pending = _Pending(separate_stream(system, read_input, resampled_length(frames, rate, model_rate), settings))
+    model_length = resampled_length(frames, rate, model_rate)
+    partial = {target: path.with_name(path.name + ".partial") for target, path in outputs.items()}
+    for path in partial.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    files = {t: sf.SoundFile(p, "w", samplerate=rate, channels=channels, subtype="FLOAT", format="WAV")
+             for t, p in partial.items()}
+    try:
+        block = max(1, int(block_seconds * rate))
+        for offset in range(0, frames, block):
+            size = min(block, frames - offset)
+            estimates = read_resampled(pending.read, model_length, model_rate, rate, offset, size)["estimates"]
+            if channels != model_channels:
+                estimates = np.broadcast_to(estimates.mean(1, keepdims=True), estimates.shape[:1] + (channels, size))
+            for target, estimate in zip(outputs, estimates):
+                files[target].write(estimate.T)
+    except BaseException:
+        for target, file in files.items():
+            file.close()
+            partial[target].unlink(missing_ok=True)
+        raise
+    for target, file in files.items():
+        file.close()
+        os.replace(partial[target], outputs[target])
 
 
 def separate(cfg: DictConfig) -> list[Path]:
     """Separate every input; returns the written files. Nothing is overwritten unless ``overwrite=true``."""
     inputs = [Path(p) for p in (cfg.input if isinstance(cfg.input, (list, ListConfig)) else [cfg.input])]
-    system = load_checkpoint(cfg.ckpt, map_location=cfg.device)
-    if cfg.wiener_iterations is not None:
-        system.wiener_iterations = int(cfg.wiener_iterations)
+    system = load_checkpoint(cfg.ckpt, map_location=resolve_device(cfg.device))
+    # The command's separation settings win; the ones it leaves null are the checkpoint's.
+    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), system.config.get("separation"))
     plan = output_paths(inputs, Path(cfg.output), system.targets)
     existing = [str(p) for files in plan.values() for p in files.values() if p.exists()]
     if existing and not cfg.overwrite:
@@ -82,15 +127,13 @@ def separate(cfg: DictConfig) -> list[Path]:
     if cfg.streaming:  # block by block with a causal model (msslab.streaming)
         from .streaming import stream_files
 
-        return stream_files(system, plan, cfg.block_ms)
-    audio = {path: read_audio(path) for path in inputs}  # fail on a bad input before writing anything
+        system.wiener_iterations = settings.wiener_iterations  # the command's, as offline
+        return stream_files(system, plan, cfg.block_ms, cfg.wiener_context_ms)
+    infos = {path: check_input(path) for path in inputs}  # fail on a bad input before writing anything
     written = []
-    for path, (samples, rate) in audio.items():
-        estimates = separate_file(system, samples, rate, cfg.chunk_seconds, cfg.overlap_seconds)
-        for (target, out), estimate in zip(plan[path].items(), estimates):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(out, estimate.T, rate, subtype="FLOAT")
-            written.append(out)
+    for path, info in infos.items():
+        separate_file(system, info, plan[path], settings)
+        written.extend(plan[path].values())
         log.info("%s -> %s", path, plan[path][system.targets[0]].parent)
         print(f"{path}: {', '.join(str(p) for p in plan[path].values())}", flush=True)
     return written

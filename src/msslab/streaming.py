@@ -49,6 +49,9 @@ class Streamer:
     Args:
         system: a ``SeparationSystem`` or the path of a checkpoint written by ``msslab-train``.
         device: where the model runs (a checkpoint is loaded there).
+        wiener_context_frames: with the system's ``wiener_iterations > 0``, the causal Wiener
+            filter: each frame is filtered over itself and this many frames in all (the past ones),
+            not over the whole file as offline; None refuses the filter (it is not causal).
 
     ``process(block)`` takes ``(channels, samples)`` float audio at ``sample_rate`` (numpy or
     torch, any number of samples, the model's channel count) and returns
@@ -57,7 +60,7 @@ class Streamer:
     ``latency_samples`` samples per target, and readies the object for a new stream.
     """
 
-    def __init__(self, system, device: str | torch.device = "cpu"):
+    def __init__(self, system, device: str | torch.device = "cpu", wiener_context_frames: int | None = None):
         if isinstance(system, (str, os.PathLike)):
             system = load_checkpoint(system, map_location=device)
         model = system.model
@@ -70,10 +73,12 @@ class Streamer:
                 "streaming: this checkpoint's RNN is bidirectional: each frame's masks depend on the whole "
                 "signal, future frames included, which a stream has not received yet. Separate it offline "
                 "(streaming=false) or stream a causal model (model=lstm, model=gru).")
-        if system.wiener_iterations:
+        if system.wiener_iterations and not wiener_context_frames:
             raise StreamingError(
                 f"streaming: wiener_iterations={system.wiener_iterations} is not causal (the Wiener filter "
-                "estimates each source's spatial covariance over the whole file); use wiener_iterations=0 to stream")
+                "estimates each source's spatial covariance over the whole file); use wiener_iterations=0, or "
+                "the causal variant over a short past context (wiener_context_ms)")
+        self.wiener_context_frames = int(wiener_context_frames or 0) if system.wiener_iterations else 0
         self.system = system.to(device).eval()
         self.spectrogram = system.spectrogram
         self.targets = list(system.targets)
@@ -104,6 +109,7 @@ class Streamer:
         self._padded_start = 0
         self._next_frame = 0
         self._rnn_state = None
+        self._wiener_past = None  # (estimates, mixture) spectrograms of the causal Wiener filter's past frames
         # Overlap-add sums (estimates and squared window) over padded samples
         # [_next_frame * hop, _next_frame * hop + n_fft - hop): earlier frames touched them, later ones will.
         self._carry = torch.zeros(nb_targets, channels, self.n_fft - self.hop, device=device)
@@ -179,7 +185,10 @@ class Streamer:
             masks, self._rnn_state = self.system.model.step(spec.abs(), self._rnn_state)
         finally:
             torch.backends.mkldnn.enabled = onednn
-        frames = self.spectrogram.inverse_frames((masks * spec.unsqueeze(1))[0])  # (S, C, n_fft, count)
+        estimates = masks * spec.unsqueeze(1)
+        if self.wiener_context_frames:
+            estimates = self._causal_wiener(estimates, spec)
+        frames = self.spectrogram.inverse_frames(estimates[0])  # (S, C, n_fft, count)
         sums = self._overlap_add(frames, span)
         envelope = self._envelope(count)
         sums[..., : n_fft - hop] += self._carry
@@ -192,6 +201,23 @@ class Streamer:
         keep_from = min(self._next_frame * hop, self._padded_start + self._padded.shape[-1] - n_fft)
         self._padded = self._padded[:, keep_from - self._padded_start:]
         self._padded_start = keep_from
+
+    def _causal_wiener(self, estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        """The system's Wiener filter, each frame over itself and the frames before it (context in all).
+
+        ``(1, S, C, F, count)`` masked estimates and ``(1, C, F, count)`` mixture -> filtered estimates.
+        """
+        count, context = estimates.shape[-1], self.wiener_context_frames
+        if self._wiener_past is not None:
+            estimates = torch.cat([self._wiener_past[0], estimates], dim=-1)
+            mixture = torch.cat([self._wiener_past[1], mixture], dim=-1)
+        total = estimates.shape[-1]
+        filtered = [self.system._wiener(estimates[..., max(0, t + 1 - context): t + 1],
+                                        mixture[..., max(0, t + 1 - context): t + 1])[..., -1:]
+                    for t in range(total - count, total)]
+        if context > 1:
+            self._wiener_past = (estimates[..., -(context - 1):], mixture[..., -(context - 1):])
+        return torch.cat(filtered, dim=-1)
 
     def _envelope(self, count: int) -> torch.Tensor:
         """Overlap-add of the squared window over ``count`` frames (a fresh tensor: the caller adds to it)."""
@@ -221,18 +247,26 @@ class Streamer:
         return dict(zip(self.targets, out))
 
 
-def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float) -> list[Path]:
+def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float,
+                 wiener_context_ms: float | None = None) -> list[Path]:
     """``msslab-separate streaming=true``: separate each file block by block with a :class:`Streamer`.
 
     ``plan`` maps each input file to ``{target: output path}``. Files are read and written
     in blocks of ``block_ms`` milliseconds (memory does not grow with their length); each
     output has its input's sample rate, channel count and length (the stream's latency is
     dropped from its start). An output is written under a temporary name and renamed when
-    complete. Returns the written files.
+    complete. With ``system.wiener_iterations > 0``, ``wiener_context_ms`` selects the causal
+    Wiener filter over that much past (None refuses the filter). Returns the written files.
     """
-    streamer = Streamer(system, device=system.device)
     if not block_ms > 0:
         raise StreamingError(f"block_ms must be positive, got {block_ms}")
+    context = None
+    if wiener_context_ms is not None:
+        if not wiener_context_ms > 0:
+            raise StreamingError(f"wiener_context_ms must be positive, got {wiener_context_ms}")
+        spectrogram = system.spectrogram
+        context = math.ceil(wiener_context_ms * spectrogram.sample_rate / 1000 / spectrogram.hop_length)
+    streamer = Streamer(system, device=system.device, wiener_context_frames=context)
     infos = {path: _stream_info(path) for path in plan}  # fail on a bad input before writing anything
     written = []
     for path, outputs in plan.items():

@@ -6,12 +6,12 @@ import pickle
 from collections import defaultdict
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import nn
 
 from .metric.sdr import FAST_METRICS
 from .model.spectrogram import Spectrogram
+from .model.wiener import wiener
 
 
 class SeparationSystem(pl.LightningModule):
@@ -54,28 +54,30 @@ class SeparationSystem(pl.LightningModule):
             return self.model(mixture_spec, target_specs)
         return self.model(mixture_spec.abs())
 
-    def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase)."""
+    def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
+                autocast: bool = False, wiener_float64: bool = False) -> torch.Tensor:
+        """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase).
+
+        ``wiener_iterations`` (None: the system's own) refines the masked estimates with the
+        multichannel Wiener filter; ``autocast`` runs the network in bfloat16 (STFT and
+        Wiener filter stay float32).
+        """
         mixture_spec = self.spectrogram(mixture)
         target_specs = self.spectrogram(targets) if targets is not None else None
-        estimate_specs = self.masks(mixture_spec, target_specs) * mixture_spec.unsqueeze(1)
-        if self.wiener_iterations > 0:
-            estimate_specs = self._wiener(estimate_specs, mixture_spec)
+        with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=autocast):
+            masks = self.masks(mixture_spec, target_specs)
+        estimate_specs = masks.to(mixture.dtype) * mixture_spec.unsqueeze(1)
+        iterations = self.wiener_iterations if wiener_iterations is None else wiener_iterations
+        if iterations > 0:
+            estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64)
         return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
 
-    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor) -> torch.Tensor:
-        """Multichannel Wiener filtering (norbert) of the masked estimates, item by item."""
-        import norbert
-
-        out = []
-        for est, mix in zip(estimate_specs, mixture_spec):
-            v = est.abs().permute(3, 2, 1, 0).cpu().numpy().astype(np.float64)  # (frames, bins, channels, sources)
-            x = mix.permute(2, 1, 0).cpu().numpy().astype(np.complex128)  # (frames, bins, channels)
-            if self.residual:
-                v = norbert.residual_model(v, x)
-            y = norbert.wiener(v, x, iterations=self.wiener_iterations)[..., : est.shape[0]]
-            out.append(torch.from_numpy(y).permute(3, 2, 1, 0).to(est))
-        return torch.stack(out)
+    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int | None = None,
+                float64: bool = False) -> torch.Tensor:
+        """Multichannel Wiener filtering of the masked estimates, batched on their device
+        (``iterations`` None: the system's own)."""
+        iterations = self.wiener_iterations if iterations is None else iterations
+        return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64)
 
     def _step(self, batch, waveforms: bool = False):
         """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
@@ -186,4 +188,5 @@ def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
     cfg = OmegaConf.create(config)
     system = build_system(cfg, config["targets"], config["nb_channels"], config["residual"])
     system.load_state_dict(checkpoint["state_dict"])
-    return system.eval()
+    # load_state_dict copies into the CPU-built module: move it to where it was asked for.
+    return system.to(map_location).eval()

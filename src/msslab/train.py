@@ -81,6 +81,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
         return None
     resumes = resume_history(run_dir)
 
+    # Lightning leaves the module on the CPU after fit: evaluate on the trainer's device.
+    system.to(trainer.strategy.root_device)
     # The callback that keeps the best validation score (step.ckpt has no monitor).
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
@@ -89,14 +91,15 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     results = evaluate_conditions(system, datamodule, run_dir, cfg)
     record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
-                  sources=results["sources"], tracks=results["tracks"], conditions=results["conditions"],
-                  train_seconds=train_seconds,
+                  sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
+                  metric=results["metric"], conditions=results["conditions"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   global_step=trainer.global_step, resumes=resumes,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
                   val_metric=f"val/{cfg.metric.validation}",
-                  nb_parameters=sum(p.numel() for p in system.model.parameters()))
+                  nb_parameters=sum(p.numel() for p in system.model.parameters()),
+                  separation=results["separation"])
     write_results(run_dir, **record)
 
     def finalize_loggers():

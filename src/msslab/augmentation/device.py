@@ -67,15 +67,17 @@ def phase_vocoder(x: torch.Tensor, rate: torch.Tensor, length: int, n_fft: int) 
     alpha = (position - index).clamp(0, 1)[:, None, None, :]
     inside = (position <= frames - 1)[:, None, None, :]
 
-    def at(i):
-        return torch.gather(spec, 3, i[:, None, None, :].expand(n, c, spec.shape[2], steps))
+    magnitudes, phases = spec.abs(), spec.angle()
 
-    now, after = at(index), at(index + 1)
-    magnitude = ((1 - alpha) * now.abs() + alpha * after.abs()) * inside
+    def at(values, i):
+        return torch.gather(values, 3, i[:, None, None, :].expand(n, c, spec.shape[2], steps))
+
+    after = index + 1
+    magnitude = ((1 - alpha) * at(magnitudes, index) + alpha * at(magnitudes, after)) * inside
     expected = torch.linspace(0, math.pi * hop, spec.shape[2], device=x.device, dtype=x.dtype)[:, None]
-    advance = after.angle() - now.angle() - expected
+    advance = at(phases, after) - at(phases, index) - expected
     advance = advance - 2 * math.pi * torch.round(advance / (2 * math.pi)) + expected
-    phase = torch.cumsum(torch.cat([spec[..., :1].angle(), advance[..., :-1]], dim=-1), dim=-1)
+    phase = torch.cumsum(torch.cat([phases[..., :1], advance[..., :-1]], dim=-1), dim=-1)
     out = torch.polar(magnitude, phase).reshape(n * c, spec.shape[2], steps)
     return torch.istft(out, n_fft, hop, window=window, length=length).reshape(n, c, length)
 
@@ -218,9 +220,12 @@ class _StretchStage:
         if len(todo):
             rate, ratio = rate[todo], ratio[todo]
             # Stretched long enough that the read positions of the resampler stay inside.
-            length = int(math.ceil(self.frames * float(ratio.max()))) + RESAMPLE_HALF_WIDTH + 1
+            length = int(math.ceil(self.frames * max(1.0, float(ratio.max())))) + RESAMPLE_HALF_WIDTH + 1
             stretched = phase_vocoder(flat[todo], (rate / ratio).to(flat.dtype), length, stft_size(sample_rate))
-            out[todo] = resample(stretched, ratio, self.frames)
+            shifted = ratio != 1.0  # a tempo change alone needs no resampling
+            out[todo] = stretched[..., :self.frames]
+            if shifted.any():
+                out[todo[shifted]] = resample(stretched[shifted], ratio[shifted], self.frames)
         return out.reshape(b, s, c, self.frames), mix_only
 
 

@@ -1,22 +1,34 @@
-"""Test-set evaluation with museval (BSSEval v4): SDR, SIR, SAR, ISR in dB.
+"""Test-set evaluation with BSSEval v4 (museval's definition): SDR, SIR, SAR, ISR in dB.
 
 Scores are computed over windows (1 s by default), aggregated per track with a
 NaN-aware median over windows, then over tracks with a median: the numbers the
-SiSEC/MUSDB literature reports.
+SiSEC/MUSDB literature reports. Two backends compute the same numbers:
+``torch`` (msslab's batched implementation, :mod:`msslab.metric.bsseval_torch`, CPU or
+CUDA) and ``museval`` (the reference, CPU, one process per track).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from .bsseval_torch import bss_eval_v4, window_count
 
 log = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "SAR", "ISR")
+# Above this a ratio says the residual is below 1e-15 of the signal energy: the rounding
+# of float64 projections (e.g. the SAR of an estimate that lies exactly in the span of
+# the delayed references, as the mixture does), a value neither backend determines.
+ROUNDING_FLOOR_DB = 150.0
+BACKENDS = ("torch", "museval")
 
 
 def _import_museval():
@@ -29,45 +41,73 @@ def _import_museval():
     return museval
 
 
+def bss_eval(references: np.ndarray, estimates: np.ndarray, win: int, hop: int, backend: str = "torch",
+             device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+    """BSSEval v4 of sources that all have sound: ``{metric: (sources, windows) dB}``.
+
+    ``references``, ``estimates``: ``(sources, samples, channels)``; ``win``, ``hop`` in samples.
+    """
+    if backend == "torch":
+        values = bss_eval_v4(references, estimates, win, hop, device=device)
+    elif backend == "museval":
+        values = _import_museval().evaluate(references, estimates, win=win, hop=hop)
+    else:
+        raise ValueError(f"metric.backend: unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    return dict(zip(("SDR", "ISR", "SIR", "SAR"), (np.asarray(v, np.float64) for v in values)))
+
+
+def _silent(x: np.ndarray) -> bool:
+    # museval's rule: a source whose channels sum to zero at every sample cannot be scored
+    return not np.any(np.sum(x, axis=-1))
+
+
 def score_track(name: str, targets: list[str], references: np.ndarray, estimates: np.ndarray, sample_rate: int,
-                win_seconds: float = 1.0, hop_seconds: float = 1.0) -> dict:
+                win_seconds: float = 1.0, hop_seconds: float = 1.0, backend: str = "torch",
+                device: str | torch.device | None = None) -> dict:
     """BSSEval v4 of one track.
 
     Args:
         references, estimates: ``(nb_targets, samples, channels)`` float arrays.
+        backend: ``torch`` or ``museval``; ``device``: where the torch backend runs.
     Returns:
-        ``{"name", "museval": <museval JSON dict>, "medians": {target: {metric: dB}}}``.
-        A target that is silent over the whole track cannot be scored by museval;
-        it gets NaN everywhere (and a warning) instead of failing the evaluation.
+        ``{"name", "museval": <museval JSON dict>, "medians": {target: {metric: dB}},
+        "values": {metric: (nb_targets, windows) dB}, "scored": [targets scored]}``.
+        The targets that have sound are scored together; a target whose reference or
+        estimate is silent over the whole track cannot be scored (BSSEval needs sound)
+        and gets NaN everywhere, with a warning, without costing the others their scores.
+        The frame count is museval's (the trailing partial window is dropped).
     """
-    museval = _import_museval()
-    # float32 input makes museval's least-squares projections inaccurate (SIR off by
-    # tens of dB) and slower; BSSEval is defined on float64.
+    # float32 input makes the least-squares projections inaccurate (SIR off by tens of
+    # dB); BSSEval is defined on float64.
     references, estimates = np.asarray(references, np.float64), np.asarray(estimates, np.float64)
     win, hop = int(win_seconds * sample_rate), int(hop_seconds * sample_rate)
-    silent = [i for i in range(len(targets)) if not np.any(references[i])]
-    scored = [i for i in range(len(targets)) if i not in silent]
-    nb_windows = max(1, int(np.ceil((references.shape[1] - win) / hop)) + 1)
+    nb_windows = window_count(references.shape[1], win, hop)
     values = {m: np.full((len(targets), nb_windows), np.nan) for m in METRICS}
-    if silent:
-        log.warning("track %s: target(s) %s are silent; their scores are NaN", name, [targets[i] for i in silent])
-    if len(scored) >= 2:  # museval needs two estimates at least
-        sdr, isr, sir, sar = museval.evaluate(references[scored], estimates[scored], win=win, hop=hop)
-        for metric, result in zip(("SDR", "ISR", "SIR", "SAR"), (sdr, isr, sir, sar)):
-            values[metric][scored, : result.shape[1]] = result[:, :nb_windows]
-    elif scored:
-        log.warning("track %s: fewer than two non-silent targets; not scored", name)
-    store = museval.TrackStore(track_name=name, win=win_seconds, hop=hop_seconds)
+    scored = []
+    for i, target in enumerate(targets):
+        for kind, x in (("reference", references[i]), ("estimate", estimates[i, : references.shape[1]])):
+            if _silent(x):
+                log.warning("track %s: the %s of target %s is silent over the whole track; it is not scored",
+                            name, kind, target)
+                break
+        else:
+            scored.append(i)
+    if scored:
+        result = bss_eval(references[scored], estimates[scored], win, hop, backend, device)
+        for metric in METRICS:
+            values[metric][scored] = result[metric]
+    store = _import_museval().TrackStore(track_name=name, win=win_seconds, hop=hop_seconds)
     medians = {}
     for i, target in enumerate(targets):
         store.add_target(target, {m: values[m][i].tolist() for m in METRICS})
         medians[target] = {m: _nanmedian(values[m][i]) for m in METRICS}
-    return {"name": name, "museval": json.loads(store.json), "medians": medians}
+    return {"name": name, "museval": json.loads(store.json), "medians": medians, "values": values,
+            "scored": [targets[i] for i in scored]}
 
 
 def _nanmedian(x) -> float:
     x = np.asarray(x, dtype=float)
-    return float(np.nanmedian(x)) if np.isfinite(x).any() else float("nan")
+    return float(np.nanmedian(x)) if not np.isnan(x).all() else float("nan")
 
 
 def aggregate(track_medians: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -76,14 +116,119 @@ def aggregate(track_medians: dict[str, dict[str, dict[str, float]]]) -> dict[str
     return {t: {m: _nanmedian([tm[t][m] for tm in track_medians.values()]) for m in METRICS} for t in targets}
 
 
+def tracks_scored(track_medians: dict[str, dict[str, dict[str, float]]]) -> dict[str, int]:
+    """How many tracks each target's median covers: ``{target: n}`` (tracks with an SDR)."""
+    targets = next(iter(track_medians.values())).keys()
+    return {t: sum(not np.isnan(tm[t]["SDR"]) for tm in track_medians.values()) for t in targets}
+
+
+def largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
+    """Per-window agreement of two score sets ``{metric: array}``.
+
+    Returns ``{"max_abs_diff_db": largest |a - b| over windows where both are finite (and
+    not both above ``ROUNDING_FLOOR_DB``), "pattern_mismatches": windows where one is
+    NaN/+inf/-inf and the other is not the same}``.
+    """
+    largest, mismatches = 0.0, 0
+    for metric in METRICS:
+        x, y = np.asarray(a[metric], float), np.asarray(b[metric], float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        compared = finite & ~((x > ROUNDING_FLOOR_DB) & (y > ROUNDING_FLOOR_DB))
+        if compared.any():
+            largest = max(largest, float(np.abs(x - y)[compared].max()))
+        same = (np.isnan(x) & np.isnan(y)) | (x == y) | finite
+        mismatches += int((~same).sum())
+    return {"max_abs_diff_db": largest, "pattern_mismatches": mismatches}
+
+
 def write_track_json(result: dict, directory: Path) -> Path:
     """Write museval's per-track JSON as ``<directory>/<track>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{result['name']}.json"
-    from ..results import atomic_write_text  # a kill mid-write leaves the old file or none, never half
-
-    return atomic_write_text(path, json.dumps(result["museval"], indent=2))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result["museval"], indent=2))
+    os.replace(tmp, path)
+    return path
 
 
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class TrackScorer:
+    """Scores the test tracks of one evaluation as they are separated.
+
+    The ``torch`` backend scores each track at once on ``device``; the ``museval`` backend
+    (and the ``crosscheck`` re-scoring of the first tracks with museval) runs in
+    ``n_jobs`` worker processes while the next tracks are separated. Use as a context
+    manager; :meth:`summary` gives what results.json records.
+    """
+
+    def __init__(self, targets: list[str], sample_rate: int, metric_cfg, device, json_dir: Path):
+        self.targets, self.json_dir = list(targets), Path(json_dir)
+        self.backend = metric_cfg.get("backend", "torch")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"metric.backend: unknown backend {self.backend!r}; choose one of {list(BACKENDS)}")
+        self.device = torch.device(metric_cfg.get("device") or device or "cpu")
+        self.crosscheck = int(metric_cfg.get("crosscheck") or 0)
+        self.kwargs = dict(sample_rate=sample_rate, win_seconds=metric_cfg.win_seconds,
+                           hop_seconds=metric_cfg.hop_seconds)
+        n_jobs = metric_cfg.get("n_jobs") or default_jobs()
+        uses_museval = self.backend == "museval" or self.crosscheck > 0
+        self.pool = (ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"))
+                     if uses_museval and n_jobs > 1 else None)
+        self.max_pending = 2 * n_jobs
+        self.pending, self.track_medians, self.checks = [], {}, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def _submit(self, *args, **kwargs):
+        if self.pool is None:
+            result = score_track(*args, **kwargs)
+            return lambda: result
+        future = self.pool.submit(score_track, *args, **kwargs)
+        return future.result
+
+    def add(self, name: str, references: torch.Tensor, estimates: torch.Tensor) -> None:
+        """Score one track: ``references``, ``estimates`` ``(targets, channels, samples)``."""
+        refs = references.detach().permute(0, 2, 1).cpu().numpy()
+        ests = estimates.detach().permute(0, 2, 1).cpu().numpy()
+        if self.backend == "torch":
+            result = score_track(name, self.targets, refs, ests, backend="torch", device=self.device, **self.kwargs)
+            self._collect(result)
+            if len(self.checks) < self.crosscheck:
+                self.checks.append((result, self._submit(name, self.targets, refs, ests, backend="museval",
+                                                         **self.kwargs)))
+        else:
+            self.pending.append(self._submit(name, self.targets, refs, ests, backend="museval", **self.kwargs))
+        while len(self.pending) + len(self.checks) > self.max_pending and self.pending:
+            self._collect(self.pending.pop(0)())
+
+    def _collect(self, result: dict) -> None:
+        write_track_json(result, self.json_dir)
+        self.track_medians[result["name"]] = result["medians"]
+
+    def summary(self) -> dict:
+        """Wait for the workers; ``{"sources", "tracks", "tracks_scored", "metric"}`` for results.json."""
+        while self.pending:
+            self._collect(self.pending.pop(0)())
+        metric = {"backend": self.backend, "device": str(self.device) if self.backend == "torch" else "cpu"}
+        if self.checks:
+            stats = [largest_difference(ours["values"], wait()["values"]) for ours, wait in self.checks]
+            metric["crosscheck"] = {"tracks": len(stats),
+                                    "max_abs_diff_db": max(s["max_abs_diff_db"] for s in stats),
+                                    "pattern_mismatches": sum(s["pattern_mismatches"] for s in stats)}
+            log.info("crosscheck against museval on %d track(s): %s", len(stats), metric["crosscheck"])
+        if not self.track_medians:
+            return {"sources": {}, "tracks": {}, "tracks_scored": {}, "metric": metric}
+        silent = {t: n for t, n in tracks_scored(self.track_medians).items() if n < len(self.track_medians)}
+        if silent:
+            log.warning("medians cover fewer tracks for targets silent in some tracks: %s of %d", silent,
+                        len(self.track_medians))
+        return {"sources": aggregate(self.track_medians), "tracks": self.track_medians,
+                "tracks_scored": tracks_scored(self.track_medians), "metric": metric}

@@ -78,13 +78,12 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
 
     # (T, S, C, length) views, no copy
     ref_windows = refs.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
-    err_windows = (ests - refs).unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
     est_windows = ests.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
     out = torch.empty(4, nsrc, nwin, dtype=torch.float64, device=refs.device)
     for start in range(0, nwin, block):
         window = slice(start, min(start + block, nwin))
-        out[:, :, window] = _window_metrics(ref_windows[window], est_windows[window], err_windows[window],
-                                            spectra, own_spectra, weight, n_fft)
+        out[:, :, window] = _window_metrics(ref_windows[window], est_windows[window], spectra, own_spectra,
+                                            weight, n_fft)
     silent = _silent_windows(refs, length, hop, nwin) | _silent_windows(ests, length, hop, nwin)
     out[:, :, silent] = float("nan")
     sdr, isr, sir, sar = out.cpu().numpy()
@@ -152,9 +151,10 @@ def _parseval_weights(n_fft: int, device) -> torch.Tensor:
     return weight
 
 
-def _correlations(x: torch.Tensor, y: torch.Tensor, lags: int, block_bytes: int = 32 << 20) -> torch.Tensor:
+def _correlations(x: torch.Tensor, ys: list[torch.Tensor], lags: int, block_bytes: int = 32 << 20) -> torch.Tensor:
     """Linear cross-correlations ``r[k, p, q] = sum_n x[p, n + k - lags + 1] y[q, n]`` for
-    ``k = 0 .. 2 lags - 2`` (lags ``-(lags-1) .. lags-1``), of ``x`` ``(P, N)`` and ``y`` ``(Q, N)``.
+    ``k = 0 .. 2 lags - 2`` (lags ``-(lags-1) .. lags-1``), of ``x`` ``(P, N)`` and ``y``, the rows of
+    the tensors ``ys`` ``(Q_i, N)`` one after the other.
 
     Overlap-save in blocks: ``y`` is cut into blocks of ``step`` samples and each block is
     correlated with the stretch of ``x`` around it, ``step + 2 (lags - 1)`` long, so the
@@ -167,14 +167,16 @@ def _correlations(x: torch.Tensor, y: torch.Tensor, lags: int, block_bytes: int 
     nsampl = x.shape[-1]
     nblocks = -(-nsampl // step)
     nbins = n_fft // 2 + 1
-    group = max(1, block_bytes // (16 * nbins * (x.shape[0] + y.shape[0])))
-    cross = torch.zeros(nbins, x.shape[0], y.shape[0], dtype=torch.complex128, device=x.device)
+    nys = sum(y.shape[0] for y in ys)
+    group = max(1, block_bytes // (16 * nbins * (x.shape[0] + nys)))
+    cross = torch.zeros(nbins, x.shape[0], nys, dtype=torch.complex128, device=x.device)
     for first in range(0, nblocks, group):
         last = min(first + group, nblocks)
         lo, hi = first * step - (lags - 1), last * step + lags - 1
         x_part = torch.nn.functional.pad(x[:, max(lo, 0):hi], (max(0, -lo), max(0, hi - nsampl)))
         lo, hi = first * step, last * step
-        y_part = torch.nn.functional.pad(y[:, lo:hi], (0, max(0, hi - nsampl))).view(y.shape[0], last - first, step)
+        y_part = torch.cat([y[:, lo:hi] for y in ys])
+        y_part = torch.nn.functional.pad(y_part, (0, max(0, hi - nsampl))).view(nys, last - first, step)
         # contiguous operands with the conjugation resolved: torch's batched complex matmul
         # otherwise falls back to one small product per frequency (tens of times slower)
         x_spec = torch.fft.rfft(x_part.unfold(-1, n_fft, step), dim=-1).permute(2, 0, 1).contiguous()  # (F, P, b)
@@ -193,7 +195,7 @@ def _distortion_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int
     nsrc, nchan, nsampl = refs.shape
     nref, size = nsrc * nchan, nsrc * nchan * filters_len
     flat_refs = refs.reshape(nref, nsampl)
-    corr = _correlations(flat_refs, torch.cat([flat_refs, ests.reshape(nref, nsampl)]), filters_len)
+    corr = _correlations(flat_refs, [flat_refs, ests.reshape(nref, nsampl)], filters_len)
     lag = torch.arange(filters_len, device=refs.device)
     # G[(p, a), (q, b)] = <r_p delayed by a, r_q delayed by b> = corr(r_p, r_q) at lag b - a
     gram = corr[(lag[None, :] - lag[:, None]) + filters_len - 1, :, :nref]  # (a, b, p, q)
@@ -233,12 +235,12 @@ def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(rhs, factor)
 
 
-def _window_metrics(ref_windows, est_windows, err_windows, spectra, own_spectra, weight, n_fft) -> torch.Tensor:
+def _window_metrics(ref_windows, est_windows, spectra, own_spectra, weight, n_fft) -> torch.Tensor:
     """``(4, S, T)`` SDR, ISR, SIR, SAR (dB) of a block of windows ``(T, S, C, length)``."""
     nwin, nsrc, nchan, _ = ref_windows.shape
     # time-domain energies for SDR, so that an estimate equal to its reference gives exactly +inf
     ref_energy = ref_windows.pow(2).sum((2, 3)).T
-    sdr = _db(ref_energy, err_windows.pow(2).sum((2, 3)).T)
+    sdr = _db(ref_energy, (est_windows - ref_windows).pow(2).sum((2, 3)).T)
 
     def spectrum(windows):  # (F, T, S, C), contiguous: the batched matmul needs it to be fast
         return torch.fft.rfft(windows, n=n_fft).permute(3, 0, 1, 2).contiguous()
