@@ -125,6 +125,8 @@ def compose_train():
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
+    import msslab  # noqa: F401  registers ${msslab.uid:}, which hydra.run.dir uses
+
     def _compose(overrides: list[str], output_dir: Path, config_name: str = "train"):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"],

@@ -36,6 +36,8 @@ TINY = ["data.targets=[vocals,accompaniment]", "data.train_tracks.nb_tracks=2", 
 
 def _compose(overrides: list[str]):
     """The config a job of ``msslab-train`` gets, with its ``hydra`` node (choices, sweeper, launcher)."""
+    import msslab  # noqa: F401  registers ${msslab.uid:}, which the run and sweep dirs use
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as inside the app
@@ -119,10 +121,11 @@ def test_search_preset_is_an_optuna_study_maximising_validation_sdr():
     from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
     cfg = _compose(["experiment=search"])
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
-    assert set(sweeper.params) == {"optimizer.lr", "model.hidden_size", "model.nb_layers", "model.dropout", "stft.n_fft"}
-    for key, value in sweeper.params.items():
+    search = cfg.search
+    assert search.direction == "maximize" and search.pruner._target_ == "optuna.pruners.MedianPruner"
+    assert search.storage is None and search.trial is None  # sqlite in the sweep dir; set per trial
+    assert set(search.params) == {"optimizer.lr", "model.hidden_size", "model.nb_layers", "model.dropout", "stft.n_fft"}
+    for key, value in search.params.items():
         assert OmegaConf.select(cfg, key) is not None, f"search parameter {key} is not a config key"
         distribution = create_optuna_distribution_from_override(OverridesParser.create().parse_override(f"{key}={value}"))
         assert distribution is not None
@@ -135,6 +138,13 @@ def test_slurm_launcher_config():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0 and launcher.cpus_per_task > 0
     assert "partition" in launcher
+    assert launcher.max_num_timeout > 0  # timed-out jobs are requeued and resume from their checkpoints
+
+
+def test_sweep_and_run_dirs_are_unique_per_launch():
+    first, second = _compose(["experiment=smoke"]), _compose(["experiment=smoke"])
+    for key in ("run", "sweep"):
+        assert first.hydra[key].dir != second.hydra[key].dir  # even within one second
 
 
 # ---------------------------------------------------------------- real sweeps
@@ -260,14 +270,62 @@ def test_a_failing_run_is_recorded_and_the_sweep_finishes(tmp_path):
     assert "learning rate" in (tmp_path / "report" / "comparison.md").read_text()
 
 
-def test_search_survives_a_failing_trial(tmp_path):
-    # Only the learning rate is searched, between a good value and one that fails inside
-    # trainer.fit; sampler seed 0 proposes both in the first two (random start-up) trials.
+def test_a_relaunched_sweep_runs_only_unfinished_jobs(tmp_path):
+    sweep_dir = tmp_path / "multirun" / "relaunch"
+    args = ["experiment=smoke", *TINY, "name=relaunch", "model=lstm", "logger=csv", "seed=1,2,3"]
+    multirun(tmp_path, sweep_dir, *args)
+    results = {job: sweep_dir / job / "results.json" for job in "012"}
+    failed = json.loads(results["1"].read_text()) | {"status": "failed", "error": "simulated failure"}
+    results["1"].write_text(json.dumps(failed))
+    results["2"].unlink()  # killed after its last checkpoint, before results.json
+    before = {job: path.read_bytes() for job, path in results.items() if path.exists()}
+
+    multirun(tmp_path, sweep_dir, *args)
+    assert results["0"].read_bytes() == before["0"] and results["1"].read_bytes() == before["1"]
+    resumed = json.loads(results["2"].read_text())
+    assert resumed["status"] == "completed" and resumed["seed"] == 3
+    assert [r["checkpoint"] for r in resumed["resumes"]] == ["last.ckpt"]
+
+    multirun(tmp_path, sweep_dir, *args, "rerun_failed=true")  # now the failed one runs again
+    assert results["1"].read_bytes() != before["1"] and json.loads(results["1"].read_text())["status"] == "completed"
+    assert results["0"].read_bytes() == before["0"]
+
+
+def search(cwd: Path, sweep_dir: Path, *overrides: str) -> str:
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    args = [sys.executable, "-m", "msslab.search", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"$ {' '.join(args)}\n{output[-5000:]}"
+    return output
+
+
+def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
+    import optuna
+
     sweep_dir = tmp_path / "multirun" / "search"
-    multirun(tmp_path, sweep_dir, "experiment=[search,smoke]", *TINY, "name=search", "hydra.sweeper.n_trials=2",
-             "hydra.sweeper.sampler.seed=0", "optimizer.lr=choice(0.001,-1.0)", "model.hidden_size=32",
-             "model.nb_layers=1", "model.dropout=0.0", "stft.n_fft=256")
-    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
-    assert sorted(r["status"] for r in runs) == ["completed", "failed"], [r["overrides"] for r in runs]
-    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")  # the study finished and reported
-    assert best.best_params["optimizer.lr"] == 0.001 and math.isfinite(best.best_value)
+    args = ["experiment=[search,smoke]", *TINY, "name=search", "logger=csv", "~search.params",
+            "optimizer.lr=choice(0.001,0.002)", "search.n_jobs=1"]
+    # A pruner that prunes every trial at its first report: a threshold no SDR reaches.
+    threshold = ["~search.pruner", "+search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=1000.0"]
+    search(tmp_path, sweep_dir, *args, *threshold, "search.n_trials=1")
+    pruned = json.loads((sweep_dir / "0" / "results.json").read_text())
+    assert pruned["status"] == "pruned" and pruned["epochs"] == 1 and "pruned after epoch 0" in pruned["error"]
+
+    # The relaunch continues the study (default median pruner, too few trials to prune yet). Without
+    # the checkpoint callback a run has no best score: its trial fails, and the search goes on.
+    search(tmp_path, sweep_dir, *args, "search.n_trials=3", "~callbacks.checkpoint")
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = [(t.number, t.state.name) for t in study.trials]
+    assert states == [(0, "PRUNED"), (1, "FAIL"), (2, "FAIL")]
+    for job in ("1", "2"):
+        unscored = json.loads((sweep_dir / job / "results.json").read_text())
+        assert unscored["status"] == "completed" and unscored["best_val"] is None
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").trials == {"pruned": 1, "fail": 2}
+
+    from msslab.report.runs import load_runs  # what msslab-compare lists
+
+    runs = load_runs(sweep_dir, progress=False)
+    assert sorted(runs["status"]) == ["completed", "completed", "pruned"]
+    assert "pruned after epoch 0" in runs.loc[runs["status"] == "pruned", "error"].iloc[0]
+    assert not runs["variant"].str.contains("search|resume").any()  # bookkeeping, not what a trial is

@@ -39,9 +39,15 @@ def write_results(run_dir: Path, **fields) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"run_id": run_dir.name, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname()} | fields
-    path = run_dir / FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2))
+    return atomic_write_text(run_dir / FILENAME, json.dumps(_clean(payload), indent=2))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``path`` through a temporary file and a rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 

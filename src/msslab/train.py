@@ -25,6 +25,9 @@ from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
 from .logger import build_loggers, log_test_results
 from .results import write_results
+from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_arguments,
+                   resume_history)
+from .search import Pruned
 from .system import build_system, covers_mixture
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,13 @@ def _choices(cfg: DictConfig) -> dict:
     return choices
 
 
-def train(cfg: DictConfig) -> dict | None:
-    """Fit, test the best checkpoint, log and write results; returns the results dict (None on DDP ranks > 0)."""
+def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
+    """Fit (continuing from ``ckpt_path`` if given), test the best checkpoint, log and write results.
+
+    Returns the results dict (None on DDP ranks > 0). Once results.json says completed, a
+    failure of what follows (W&B media, logger finalisation, the printed tables) is recorded
+    in its ``warnings`` instead of failing the run.
+    """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -56,21 +64,27 @@ def train(cfg: DictConfig) -> dict | None:
     examples = datamodule.clean_train_examples(64)
     system.model.set_input_stats(system.spectrogram(examples).abs())
 
-    loggers = build_loggers(cfg.get("logger"), choices)
+    loggers = build_loggers(cfg.get("logger"), choices, run_dir)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if (cfg.get("search") or {}).get("trial") is not None:
+        from .search import pruning_callback
+
+        callbacks.append(pruning_callback(cfg))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
     if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
         return None
+    resumes = resume_history(run_dir)
 
     # Lightning leaves the module on the CPU after fit: evaluate on the trainer's device.
     system.to(trainer.strategy.root_device)
-    checkpoint = trainer.checkpoint_callback
+    # The callback that keeps the best validation score (step.ckpt has no monitor).
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
         system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
@@ -80,18 +94,33 @@ def train(cfg: DictConfig) -> dict | None:
                   sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
                   metric=results["metric"], conditions=results["conditions"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
+                  global_step=trainer.global_step, resumes=resumes,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
                   val_metric=f"val/{cfg.metric.validation}",
                   nb_parameters=sum(p.numel() for p in system.model.parameters()),
                   separation=results["separation"])
     write_results(run_dir, **record)
-    log_test_results(loggers, results, results["example"])
-    for logger in loggers:
-        logger.finalize("success")
-    print_conditions(results)
-    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks "
-                                    f"(trained {train_seconds:.0f} s, evaluated {results['eval_seconds']:.0f} s), run {run_dir}")
+
+    def finalize_loggers():
+        for logger in loggers:
+            logger.finalize("success")
+        _finish_wandb(0)
+
+    title = (f"museval medians (dB) over {len(results['tracks'])} test tracks "
+             f"(trained {train_seconds:.0f} s, evaluated {results['eval_seconds']:.0f} s), run {run_dir}")
+    warnings = []
+    for what, step in (("logging the test results", lambda: log_test_results(loggers, results, results["example"])),
+                       ("finalizing the loggers", finalize_loggers),
+                       ("printing the tables", lambda: (print_conditions(results), print_table(results["sources"], title)))):
+        try:
+            step()
+        except Exception as exc:  # the scores are on disk: a logging failure must not fail the run
+            log.warning("after the run completed, %s failed: %s: %s", what, type(exc).__name__, exc)
+            warnings.append(f"{what}: {type(exc).__name__}: {exc}")
+    if warnings:
+        record["warnings"] = warnings
+        write_results(run_dir, **record)
     return record
 
 
@@ -116,15 +145,60 @@ def _finish_wandb(exit_code: int) -> None:
 def run(cfg: DictConfig) -> float:
     """Train and record the outcome; a crash is written to results.json as ``failed``.
 
-    In a sweep a failed run returns NaN (the sweep goes on; an Optuna search gets the
-    exception and marks the trial failed, see ``max_failure_rate`` in experiments/search.yaml);
-    a single run re-raises.
+    A run continues its directory's newest checkpoint when resuming (``resume``; always in a
+    sweep, see :func:`msslab.runs.prepare`); a finished run is not run again. In a sweep a
+    failed run, or one without a best validation score, returns NaN (the sweep goes on)
+    or, under the Optuna sweeper, raises (the trial is recorded as failed: optuna refuses
+    NaN); a single run re-raises.
     """
     run_dir = Path(cfg.paths.output_dir)
+    resume = cfg.get("resume")
+    if resume is None and _multirun():
+        resume = "auto"  # a relaunched sweep continues each job's directory
+    if rank_zero_only.rank != 0:  # DDP: rank 0 holds the lock and decided; the others follow its checkpoint
+        train(cfg, latest_checkpoint(run_dir) if resume is not None else None)
+        return float("nan")
+    try:
+        with locked(run_dir):
+            return _run_locked(cfg, run_dir, resume)
+    except (RunDirBusy, ResumeRefused) as exc:  # nothing of this run was written: nothing to record
+        log.error("%s", exc)
+        return _failed_value(exc)
+
+
+class ResumeRefused(MsslabError):
+    """The run directory holds a different (or any, for a new run) run."""
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
+    try:
+        plan = prepare(run_dir, cfg, resume, rerun_failed=bool(cfg.get("rerun_failed")))
+    except MsslabError as exc:
+        raise ResumeRefused(str(exc)) from None
+    if plan["skip"] is not None:
+        record = plan["skip"]
+        log.info("%s: already %s, not run again (rerun_failed=true reruns a failed run)", run_dir, record["status"])
+        if record["status"] == "failed":
+            return _failed_value(MsslabError(f"{run_dir} failed before: {record.get('error')}"))
+        if record["status"] == "pruned":  # only msslab-search prunes; it reads results.json itself
+            return float("nan")
+        return _objective(record)
+    if plan["checkpoint"] is not None:
+        ckpt = torch.load(plan["checkpoint"], map_location="cpu", weights_only=True, mmap=True)
+        record_resume(run_dir, plan["checkpoint"], ckpt["epoch"], ckpt["global_step"])
+        log.info("resuming %s from %s (epoch %d, step %d)", run_dir, plan["checkpoint"].name, ckpt["epoch"],
+                 ckpt["global_step"])
+        del ckpt
     start = time.perf_counter()
     try:
-        record = train(cfg)
+        record = train(cfg, plan["checkpoint"])
+    except Pruned as exc:
         _finish_wandb(0)
+        log.info("%s", exc)
+        write_results(run_dir, status="pruned", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
+                      error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
+                      resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+        return float("nan")
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
@@ -132,17 +206,37 @@ def run(cfg: DictConfig) -> float:
             raise
         write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                      train_seconds=time.perf_counter() - start)
-        if _multirun():
-            if "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")):
-                raise  # Optuna records the trial as failed; NaN would make its sweeper crash
-            return float("nan")
-        if isinstance(exc, MsslabError):  # the user's input: the message says it all
-            raise SystemExit(f"error: {exc}") from None
-        raise
-    if record is None or record["best_val"] is None:  # not rank 0, or nothing validated
+                      resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+        return _failed_value(exc)
+    return _objective(record)
+
+
+def _optuna_sweeper() -> bool:
+    return _multirun() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", ""))
+
+
+def _failed_value(exc: Exception) -> float:
+    """What a failed run returns: NaN in a sweep (it goes on), the error otherwise."""
+    if _optuna_sweeper():
+        raise exc  # Optuna records the trial as failed; NaN would make its sweeper crash
+    if _multirun():
         return float("nan")
-    return record["best_val"]
+    if isinstance(exc, MsslabError):  # the user's input: the message says it all
+        raise SystemExit(f"error: {exc}") from None
+    raise exc
+
+
+def _objective(record: dict | None) -> float:
+    """The best validation score; a completed run without one is a failed trial for Optuna."""
+    if record is None:  # a DDP rank > 0
+        return float("nan")
+    value = record.get("best_val")
+    if is_finite(value):
+        return float(value)
+    if _optuna_sweeper():
+        raise MsslabError(f"no finite best validation score ({record.get('val_metric')}={value}): "
+                          f"the trial counts as failed")
+    return float("nan")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
@@ -155,6 +249,10 @@ def main():
     try:
         check_overrides(sys.argv[1:], CONF_DIR)
     except AugmentationError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except MsslabError as exc:
         raise SystemExit(f"error: {exc}") from None
     return _hydra_main()
 

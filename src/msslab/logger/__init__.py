@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from ..runs import wandb_run_id
+
 log = logging.getLogger(__name__)
 
 
-def build_loggers(cfg, choices: dict) -> list[Logger]:
-    """Instantiate every logger of the ``logger`` node; W&B runs get a tag per config choice."""
+def build_loggers(cfg, choices: dict, run_dir: Path | None = None) -> list[Logger]:
+    """Instantiate every logger of the ``logger`` node; W&B runs get a tag per config choice.
+
+    With ``run_dir``, the W&B run id is the one kept in that directory, so a resumed run
+    logs into the same W&B run (``resume="allow"``).
+    """
     tags = run_tags(choices)
     loggers = []
     for name, node in (cfg or {}).items():
-        kwargs = {"tags": tags} if str(node.get("_target_", "")).endswith("WandbLogger") else {}
+        kwargs = {}
+        if str(node.get("_target_", "")).endswith("WandbLogger"):
+            kwargs["tags"] = tags
+            if run_dir is not None:
+                kwargs |= {"id": wandb_run_id(run_dir), "resume": "allow"}
         loggers.append(instantiate(node, **kwargs))
     return loggers
 

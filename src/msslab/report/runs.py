@@ -27,8 +27,8 @@ RESULTS_FILE = "results.json"
 RUN_COLUMNS = [
     "run",  # path of the run directory, relative to the directory it was found under
     "path",  # absolute path of the run directory
-    "status",  # "completed", "failed", or "missing" (Hydra job dir without results.json)
-    "error",  # error message of a failed run, else ""
+    "status",  # "completed", "failed", "pruned" (an Optuna trial stopped early), or "missing" (no results.json)
+    "error",  # error message of a failed run (why a pruned one stopped), else ""
     "run_id",
     "seed",
     "variant",  # readable variant name (only the keys that differ across runs)
@@ -137,8 +137,12 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
         for k, v in (choices or {}).items()
         if v is not None and not str(k).startswith("hydra")
     }
+    # How a run was launched (resume, search bookkeeping) is not what it is.
+    from ..runs import NOT_COMPARED
+
     settings.update(
-        {k: v for k, v in parse_overrides(overrides or []).items() if not k.lstrip("~").startswith("hydra")}
+        {k: v for k, v in parse_overrides(overrides or []).items()
+         if not k.lstrip("~").startswith("hydra") and k.lstrip("~").split(".")[0] not in NOT_COMPARED}
     )
     return settings
 

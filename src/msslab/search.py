@@ -1,0 +1,204 @@
+"""``msslab-search``: an Optuna study that persists in its sweep directory and prunes trials.
+
+``msslab-search experiment=search [overrides] ['key=choice(...)' ...]`` composes the same
+train config as ``msslab-train``; the study settings and search space are its ``search``
+node (experiments/search.yaml), and sweep overrides on the command line add parameters
+(``choice``, ``interval``, ``range``, ``tag(log, ...)``: the Optuna sweeper's syntax).
+
+Why not the Hydra Optuna sweeper: it hands jobs no trial, so they cannot report
+intermediate scores or be pruned, and it numbers jobs from 0 on every launch, so a relaunch
+into the same sweep directory would reuse the directories of other trials. Here:
+
+- the study lives in ``<sweep dir>/optuna.db`` (SQLite): the same command with
+  ``hydra.sweep.dir=<that dir>`` continues it, trial numbers continuing;
+- each trial is ``msslab-train`` in a subprocess, in ``<sweep dir>/<trial number>``, with
+  ``resume=auto``: a trial interrupted by a kill is resumed from its checkpoint by the
+  relaunch, a finished one is not run again;
+- the trial reports validation SDR at each epoch end to the study's pruner
+  (``search.pruner``, median by default) and stops when pruned: results.json ``pruned``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from .errors import MsslabError
+
+log = logging.getLogger(__name__)
+
+
+class Pruned(Exception):
+    """The Optuna pruner stopped this trial (not a failure)."""
+
+    def __init__(self, message: str, epoch: int, value: float, monitor: str):
+        super().__init__(message)
+        self.epoch, self.value, self.monitor = epoch, value, monitor
+
+
+class _ReportToTrial(pl.Callback):
+    """Report the monitored validation score at each epoch end; raise :class:`Pruned` when told to."""
+
+    def __init__(self, trial, monitor: str):
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        epoch = trainer.current_epoch
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            raise Pruned(f"trial {self.trial.number} pruned after epoch {epoch}: {self.monitor}={float(value):.3f}",
+                         epoch, float(value), self.monitor)
+
+
+def _study(search, storage: str, load_only: bool = False):
+    import optuna
+    from hydra.utils import instantiate
+
+    pruner = instantiate(search.pruner) if search.get("pruner") else optuna.pruners.NopPruner()
+    if load_only:
+        return optuna.load_study(study_name=search.study_name, storage=storage, pruner=pruner)
+    return optuna.create_study(study_name=search.study_name, storage=storage, load_if_exists=True,
+                               direction=search.direction, sampler=instantiate(search.sampler), pruner=pruner)
+
+
+def pruning_callback(cfg) -> pl.Callback:
+    """The callback of a run that is trial ``cfg.search.trial`` of the study in ``cfg.search.storage``."""
+    import optuna
+
+    study = _study(cfg.search, cfg.search.storage, load_only=True)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(cfg.search.trial))
+    return _ReportToTrial(optuna.trial.Trial(study, trial_id), f"val/{cfg.metric.validation}")
+
+
+def _value(value) -> str:
+    """A parameter value as a Hydra override value."""
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class Search:
+    """One launch of a study: runs trials until the study holds ``n_trials`` of them."""
+
+    def __init__(self, argv: list[str]):
+        from hydra import compose, initialize_config_dir
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+        from .evaluate import CONF_DIR
+
+        parser = OverridesParser.create()
+        overrides = parser.parse_overrides(argv)
+        self.fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=self.fixed, return_hydra_config=True)
+        if cfg.get("search") is None:
+            raise MsslabError("msslab-search needs a config with a `search` node: add experiment=search")
+        self.search = search = cfg.search
+        params = [parser.parse_override(f"{key}={value}") for key, value in (search.get("params") or {}).items()]
+        params += [o for o in overrides if o.is_sweep_override()]
+        self.distributions = {o.get_key_element(): create_optuna_distribution_from_override(o) for o in params}
+        if not self.distributions:
+            raise MsslabError("nothing to search: search.params is empty and no sweep override was given")
+        self.sweep_dir = Path(cfg.hydra.sweep.dir).absolute()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = search.storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+        self.n_trials = int(search.n_trials)
+        self.rerun_failed = bool(cfg.get("rerun_failed"))
+        self.study = _study(search, self.storage)
+        self._ask_lock = threading.Lock()
+
+    def run_trial(self, number: int, params: dict) -> None:
+        """Run (or continue) trial ``number`` as ``msslab-train`` and tell the study how it ended."""
+        import optuna
+
+        from .runs import is_finite, read_status
+
+        job_dir = self.sweep_dir / str(number)
+        args = [sys.executable, "-m", "msslab.train", *self.fixed, *(f"{k}={_value(v)}" for k, v in params.items()),
+                f"hydra.run.dir={job_dir}", "resume=auto", f"rerun_failed={str(self.rerun_failed).lower()}",
+                f"search.trial={number}", f"search.storage={self.storage}"]
+        log.info("trial %d: %s", number, " ".join(f"{k}={_value(v)}" for k, v in params.items()))
+        returncode = subprocess.run(args).returncode
+        results = read_status(job_dir) or {}
+        status = results.get("status")
+        if status == "completed" and is_finite(results.get("best_val")):
+            self.study.tell(number, float(results["best_val"]))
+        elif status == "pruned":
+            self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        elif status in ("completed", "failed"):  # completed without a validation score counts as failed
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:  # killed, or refused (e.g. its directory is in use): left running, a relaunch resumes it
+            log.warning("trial %d ended without results (exit code %d): a relaunch resumes it", number, returncode)
+        log.info("trial %d: %s %s", number, status, results.get("best_val"))
+
+    def _worker(self, leftover: list) -> None:
+        while True:
+            with self._ask_lock:
+                if leftover:
+                    trial = leftover.pop(0)
+                    number, params = trial.number, trial.params
+                elif len(self.study.trials) < self.n_trials:
+                    trial = self.study.ask(self.distributions)
+                    number, params = trial.number, trial.params
+                else:
+                    return
+            self.run_trial(number, params)
+
+    def run(self) -> dict:
+        """Resume the trials a killed launch left running, then ask for new ones up to ``n_trials``."""
+        import optuna
+
+        running = [t for t in self.study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+        log.info("study %s in %s: %d trials so far, %d to resume, %d in all", self.search.study_name,
+                 self.sweep_dir, len(self.study.trials), len(running), self.n_trials)
+        n_jobs = max(1, int(self.search.get("n_jobs") or 1))
+        with ThreadPoolExecutor(n_jobs) as pool:
+            for future in [pool.submit(self._worker, running) for _ in range(n_jobs)]:
+                future.result()
+        return self.summary()
+
+    def summary(self) -> dict:
+        """Write ``<sweep dir>/optimization_results.yaml`` (best trial, counts by state) and return it."""
+        import yaml
+
+        from .results import atomic_write_text
+
+        trials = self.study.trials
+        counts = {}
+        for trial in trials:
+            counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+        summary = {"study_name": self.search.study_name, "storage": self.storage, "trials": counts}
+        if counts.get("complete"):
+            best = self.study.best_trial
+            summary |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
+        atomic_write_text(self.sweep_dir / "optimization_results.yaml", yaml.safe_dump(summary, sort_keys=False))
+        return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``msslab-search [train overrides] [sweep overrides]``; see the module docstring."""
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s] %(message)s")
+    log.setLevel(logging.INFO)  # this module's progress; not every library's
+    try:
+        summary = Search(sys.argv[1:] if argv is None else argv).run()
+    except MsslabError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"study {summary['study_name']}: {summary['trials']}; best: "
+          f"{summary.get('best_value')} {summary.get('best_params', '')}")
+
+
+if __name__ == "__main__":
+    main()

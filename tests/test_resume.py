@@ -1,0 +1,111 @@
+"""Runs that survive: a killed run resumes, a changed config is refused, run directories are
+never shared, and a logging failure after the scores are written does not fail the run.
+
+Training runs are far below ``experiment=smoke``: two targets, two 3 s test tracks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["experiment=smoke", "data.targets=[vocals,accompaniment]", "data.train_tracks.nb_tracks=2",
+        "data.test_tracks.nb_tracks=2", "data.test_tracks.seconds=3.0", "trainer.enable_progress_bar=false"]
+# 2 epochs of 20 steps, a step checkpoint every 3: long enough to be killed mid-epoch.
+KILLABLE = [*TINY, "trainer.max_epochs=2", "data.samples_per_track=40", "trainer.limit_train_batches=20",
+            "callbacks.step_checkpoint.every_n_train_steps=3"]
+LONG = 900  # s; a few seconds each on an idle machine, minutes on a crowded one
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    process = cli.start("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}")
+    step_ckpt = run_dir / "checkpoints" / "step.ckpt"
+    deadline = time.monotonic() + LONG
+    while not step_ckpt.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    killed = cli.wait(process, timeout=LONG)
+    assert killed.returncode == -signal.SIGKILL, killed.tail()
+    assert step_ckpt.exists() and not (run_dir / "results.json").exists()
+    hydra_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
+
+    # A changed config is refused, naming the key, and the run's recorded config is kept.
+    changed = cli.run("msslab.train", *KILLABLE, "model.hidden_size=48", f"hydra.run.dir={run_dir}", "resume=auto",
+                      timeout=LONG)
+    assert changed.returncode != 0 and "model.hidden_size: 32 -> 48" in changed.output, changed.tail()
+    assert "Traceback" not in changed.output
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
+    resumed = cli.run("msslab.train", f"resume={run_dir}", timeout=LONG)  # the run's own overrides
+    assert resumed.returncode == 0, resumed.tail()
+    results = _results(run_dir)
+    assert results["status"] == "completed", results.get("error")
+    # As many epochs and steps as an uninterrupted run: it continued, it did not restart.
+    assert results["epochs"] == 2 and results["global_step"] == 2 * 20
+    [history] = results["resumes"]
+    assert history["checkpoint"] == "step.ckpt" and history["epoch"] == 0 and 3 <= history["global_step"] < 20
+    assert results["overrides"][: len(KILLABLE)] == KILLABLE
+    # One W&B run, continued: both processes logged under the run id kept in the run directory.
+    run_id = (run_dir / ".msslab" / "wandb_id").read_text().strip()
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline), offline
+
+
+def test_runs_started_together_get_their_own_directories(cli, tmp_path):
+    runs = cli.run_all({seed: ["msslab.train", *TINY, "trainer.max_epochs=1", "logger=csv", "name=twin",
+                               f"seed={seed}"] for seed in (1, 2)}, timeout=LONG)
+    for result in runs.values():
+        assert result.returncode == 0, result.tail()
+    run_dirs = sorted((tmp_path / "outputs" / "twin").iterdir())
+    assert len(run_dirs) == 2, run_dirs
+    assert sorted(_results(d)["seed"] for d in run_dirs) == [1, 2]
+    assert {Path(_results(d)["best_checkpoint"]).parent.parent for d in run_dirs} == set(run_dirs)
+
+
+def test_a_run_directory_in_use_is_refused(compose_train, tmp_path):
+    from msslab.runs import locked
+    from msslab.train import run
+
+    cfg = compose_train([*TINY, "logger=none"], tmp_path)
+    with locked(tmp_path):  # as a live run in another process holds it
+        with pytest.raises(SystemExit) as exit_info:
+            run(cfg)
+    assert "in use by a live run" in str(exit_info.value) and str(tmp_path) in str(exit_info.value)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_new_run_into_a_directory_holding_one_is_refused(compose_train, tmp_path):
+    from msslab.train import run
+
+    (tmp_path / ".msslab").mkdir()
+    (tmp_path / ".msslab" / "config.yaml").write_text("seed: 1\n")  # a run started here before
+    cfg = compose_train([*TINY, "logger=none"], tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg)
+    assert "holds a run already" in str(exit_info.value) and "resume=auto" in str(exit_info.value)
+    assert (tmp_path / ".msslab" / "config.yaml").read_text() == "seed: 1\n"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_logging_failure_after_the_scores_keeps_the_run_completed(compose_train, tmp_path, monkeypatch):
+    import msslab.train
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("W&B media upload refused")
+
+    monkeypatch.setattr(msslab.train, "log_test_results", broken)
+    cfg = compose_train([*TINY, "trainer.max_epochs=1", "logger=csv"], tmp_path)
+    best_val = msslab.train.run(cfg)
+    results = _results(tmp_path)
+    assert results["status"] == "completed" and results["best_val"] == pytest.approx(best_val)
+    assert results["sources"]["vocals"]["SDR"] is not None
+    assert any("W&B media upload refused" in w for w in results["warnings"]), results.get("warnings")
