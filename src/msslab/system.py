@@ -73,9 +73,11 @@ class SeparationSystem(pl.LightningModule):
         return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
 
     def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int | None = None,
-                float64: bool = False) -> torch.Tensor:
+                float64: bool = True) -> torch.Tensor:
         """Multichannel Wiener filtering of the masked estimates, batched on their device
-        (``iterations`` None: the system's own)."""
+        (``iterations`` None: the system's own). Float64 unless told otherwise, as norbert was:
+        the streamer's few-frame contexts need its small regulariser; ``forward`` passes
+        ``separation.wiener_float64``."""
         iterations = self.wiener_iterations if iterations is None else iterations
         return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64)
 
