@@ -111,16 +111,17 @@ class UmxSystem(torch.nn.Module):
 
     needs_targets = False
 
-    def __init__(self, separator, targets: list[str], n_fft: int):
+    def __init__(self, separator, targets: list[str], n_fft: int, sample_rate: int):
         super().__init__()
         self.separator, self.targets = separator, list(targets)
-        self.spectrogram = SimpleNamespace(n_fft=n_fft)
+        self.spectrogram = SimpleNamespace(n_fft=n_fft, sample_rate=sample_rate)
 
     @property
     def device(self):
         return next(self.separator.parameters()).device
 
-    def forward(self, mixture, targets=None):
+    def forward(self, mixture, targets=None, **separation):
+        # msslab's separation settings (Wiener, autocast) do not apply: the Separator has its own Wiener filter
         return self.separator(mixture)
 
 
@@ -183,7 +184,7 @@ def run_umx(base: list[str], args, budget_s: float, clock: str, out: Path) -> di
     separator = Separator(models, niter=1, sample_rate=datamodule.sample_rate, n_fft=args.umx_n_fft, n_hop=args.umx_hop,
                           nb_channels=2, wiener_win_len=300)
     separator.freeze()
-    system = UmxSystem(separator, datamodule.targets, args.umx_n_fft)
+    system = UmxSystem(separator, datamodule.targets, args.umx_n_fft, datamodule.sample_rate)
     results = evaluate_system(system, datamodule, out, cfg.metric, cfg.separation)
     return {"sources": results["sources"], "targets": info,
             "nb_parameters": sum(p.numel() for p in separator.parameters())}
