@@ -20,26 +20,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .augmentation import AugmentationError, check_overrides, stage_names
+from .augmentation import AugmentationError, check_overrides
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table, run_choices
+from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table
 from .logger import build_loggers, log_test_results
-from .results import write_results
+from .results import run_identity, write_results
 from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_arguments,
                    resume_history)
 from .search import Pruned
 from .system import build_system, covers_mixture
 
 log = logging.getLogger(__name__)
-
-
-def _choices(cfg: DictConfig) -> dict:
-    """Config choices for results and tags; the augmentation list is read off the merged node."""
-    choices = run_choices()
-    if choices.get("experiment") is None:
-        choices.pop("experiment", None)
-    choices["augmentation"] = stage_names(cfg.get("augmentation"))
-    return choices
 
 
 def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
@@ -52,7 +43,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    choices = _choices(cfg)
+    identity = run_identity(cfg)  # choices (with the augmentation list), overrides, seed
+    choices = identity["choices"]
 
     datamodule = instantiate(cfg.data, augmentation=cfg.get("augmentation"))
     datamodule.setup("fit")
@@ -90,7 +82,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
         system.load_state_dict(torch.load(best_path, map_location=system.device, weights_only=True)["state_dict"])
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     results = evaluate_conditions(system, datamodule, run_dir, cfg)
-    record = dict(status="completed", choices=choices, overrides=_overrides(), seed=cfg.seed,
+    record = dict(status="completed", **identity,
                   sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
                   metric=results["metric"], conditions=results["conditions"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
@@ -122,10 +114,6 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
         record["warnings"] = warnings
         write_results(run_dir, **record)
     return record
-
-
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _multirun() -> bool:
@@ -195,7 +183,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
     except Pruned as exc:
         _finish_wandb(0)
         log.info("%s", exc)
-        write_results(run_dir, status="pruned", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
+        write_results(run_dir, status="pruned", **run_identity(cfg),
                       error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return float("nan")
@@ -204,7 +192,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
         log.error("run failed: %s", exc)
         if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
             raise
-        write_results(run_dir, status="failed", choices=_choices(cfg), overrides=_overrides(), seed=cfg.get("seed"),
+        write_results(run_dir, status="failed", **run_identity(cfg),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return _failed_value(exc)
