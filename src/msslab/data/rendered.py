@@ -42,6 +42,7 @@ import numpy as np
 import soundfile as sf
 
 from .folders import StemFolderTracks
+from .synthetic import default_cache_dir
 from .tracks import DataError
 
 log = logging.getLogger(__name__)
@@ -495,7 +496,8 @@ class RenderedTracks(StemFolderTracks):
     """One split of the rendered songs: renders (or finds) the cache, then reads it as a stem folder.
 
     Args:
-        cache_dir: folder holding the rendered datasets, one sub-folder per cache key.
+        cache_dir: folder holding the rendered datasets, one sub-folder per cache key (None:
+            ``rendered/`` in the user's cache folder, as ``data=synthetic``).
         nb_train, nb_test: songs in ``train/`` (validation is held out of them) and ``test/``.
         seconds: length of every song in seconds.
         seed: seeds the songs (train and test songs never share a seed).
@@ -508,7 +510,7 @@ class RenderedTracks(StemFolderTracks):
         Other arguments: as :class:`~msslab.data.folders.StemFolderTracks` (split, sample_rate, validation hold-out, ...).
     """
 
-    def __init__(self, split: str, sample_rate: int, cache_dir: str, nb_train: int, nb_test: int, seconds: float,
+    def __init__(self, split: str, sample_rate: int, cache_dir: str | None, nb_train: int, nb_test: int, seconds: float,
                  seed: int, soundfont: str, render_sample_rate: int | None = None, gain: float = 0.4,
                  timing_ms: float = 8.0, fluidsynth: str = "fluidsynth", workers: int | None = None, **kwargs):
         for key, value, minimum in (("nb_train", nb_train, 2), ("nb_test", nb_test, 1)):
@@ -518,7 +520,9 @@ class RenderedTracks(StemFolderTracks):
             raise DataError(f"data.seconds must be > 0, got {seconds}")
         self.spec = RenderSpec(int(nb_train), int(nb_test), float(seconds), int(render_sample_rate or sample_rate),
                                int(seed), str(soundfont), float(gain), float(timing_ms), str(fluidsynth))
-        self.cache_dir, self.workers = Path(str(cache_dir)).expanduser(), workers
+        # one cache root for every generated data set (data=synthetic uses the same folder)
+        self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else default_cache_dir() / "rendered"
+        self.workers = workers
         super().__init__(root=str(self.cache_dir / "pending"), split=split, sample_rate=sample_rate, sources=SOURCES,
                          mixture="mixture", extensions=["wav"], **kwargs)
 
