@@ -34,6 +34,8 @@ import math
 
 import numpy as np
 import scipy.fft
+import scipy.linalg.lapack
+import threadpoolctl
 import torch
 
 FILTERS_LEN = 512  # museval's distortion filter length (taps)
@@ -213,44 +215,105 @@ def _distortion_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int
     flat_refs = refs.reshape(nref, nsampl)
     corr = _correlations(flat_refs, [flat_refs, ests.reshape(nref, nsampl)], filters_len)
     lag = torch.arange(filters_len, device=refs.device)
-    # G[(p, a), (q, b)] = <r_p delayed by a, r_q delayed by b> = corr(r_p, r_q) at lag b - a:
-    # each (p, q) block is Toeplitz, built from a view (unfold gives c[a + b], flipped over a
-    # gives c[b - a]) with a single copy. Only its lower triangle is read by the Cholesky factor.
-    hankel = corr[:, :, :nref].permute(1, 2, 0).contiguous().unfold(-1, filters_len, 1)  # (p, q, i, j)
-    gram = hankel.flip(2).permute(0, 2, 1, 3).reshape(size, size)
     # D[(p, l), e] = <r_p delayed by l, estimate channel e> = corr(r_p, e) at lag -l
     cross = corr[filters_len - 1 - lag, :, nref:].permute(1, 0, 2).reshape(size, nref)
-    gram.diagonal().add_(EPS)
+    gram = _gram_matrix(corr[:, :, :nref])
+    block = nchan * filters_len
+    # copied before the full system's factorisation, which overwrites the Gram matrix
+    blocks = torch.stack([gram[j * block:(j + 1) * block, j * block:(j + 1) * block] for j in range(nsrc)])
 
-    solution = _solve_gram(gram, cross)
+    solution = _solve_gram(gram, cross, rebuild=lambda: _gram_matrix(corr[:, :, :nref]))
     filters = solution.reshape(nsrc, nchan, filters_len, nsrc, nchan).permute(3, 0, 1, 4, 2)
-
     if nsrc == 1:  # the same system as above: identical filters, so SIR is +inf as in museval
         return filters, filters[:, 0]
-    block = nchan * filters_len
-    blocks = torch.stack([gram[j * block:(j + 1) * block, j * block:(j + 1) * block] for j in range(nsrc)])
     rhs = torch.stack([cross[j * block:(j + 1) * block, j * nchan:(j + 1) * nchan] for j in range(nsrc)])
     own = _solve_gram(blocks, rhs).reshape(nsrc, nchan, filters_len, nchan).permute(0, 1, 3, 2)
     return filters, own
 
 
-def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def _gram_matrix(corr: torch.Tensor) -> torch.Tensor:
+    """``G + eps I`` ``(P L, P L)`` with ``G[(p, a), (q, b)] = <r_p delayed by a, r_q delayed by b>
+    = corr[L - 1 + b - a, p, q]``, from the correlations ``corr`` ``(2 L - 1, P, P)``.
+
+    Each (p, q) block is Toeplitz: a strided view of the correlations (stride -1 over ``a``,
+    +1 over ``b``; numpy allows negative strides, torch does not) copied once into place.
+    Both triangles are filled; the Cholesky factorisation reads the lower one.
+    """
+    nlags, nref = corr.shape[0], corr.shape[1]
+    lags = (nlags + 1) // 2
+    if corr.device.type == "cpu":
+        c = np.ascontiguousarray(corr.permute(1, 2, 0).numpy())  # (p, q, lag)
+        step = c.strides[-1]
+        toeplitz = np.lib.stride_tricks.as_strided(c[:, :, lags - 1:], shape=(nref, nref, lags, lags),
+                                                   strides=(*c.strides[:2], -step, step), writeable=False)
+        gram = torch.from_numpy(np.ascontiguousarray(toeplitz.transpose(0, 2, 1, 3)).reshape(nref * lags, -1))
+    else:  # unfold gives c[a + b]; flipped over a, c[b - a]
+        hankel = corr.permute(1, 2, 0).contiguous().unfold(-1, lags, 1)  # (p, q, i, j)
+        gram = hankel.flip(2).permute(0, 2, 1, 3).reshape(nref * lags, nref * lags)
+    gram.diagonal().add_(EPS)
+    return gram
+
+
+def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor, rebuild=None) -> torch.Tensor:
     """Solve ``gram @ x = rhs`` for a (batch of) regularised Gram matrices.
 
     Cholesky (half the work of museval's LU, and the factorisation dominates the cost);
     LU where rounding makes the matrix not numerically positive definite (a stem whose
     channels are identical); least squares, as museval, where it is exactly singular.
+    With ``rebuild`` (a function that returns ``gram`` again), the Cholesky factor may
+    overwrite ``gram`` in place.
     """
-    factor, info = torch.linalg.cholesky_ex(gram)
-    if not bool((info == 0).all()):
-        gram = (gram + gram.mT) / 2  # exactly symmetric, as museval builds it
-        factors, pivots, info = torch.linalg.lu_factor_ex(gram)
-        if bool((info == 0).all()):
-            return torch.linalg.lu_solve(factors, pivots, rhs)
-        if gram.device.type == "cpu":  # gelsd (SVD) as numpy's lstsq; CPU only
-            return torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
-        return torch.linalg.pinv(gram, hermitian=True) @ rhs
-    return torch.cholesky_solve(rhs, factor)
+    solution = _cholesky_solve(gram, rhs, overwrite=rebuild is not None)
+    if solution is not None:
+        return solution
+    gram = rebuild() if rebuild is not None else gram
+    gram = (gram + gram.mT) / 2  # exactly symmetric, as museval builds it
+    factors, pivots, info = torch.linalg.lu_factor_ex(gram)
+    if bool((info == 0).all()):
+        return torch.linalg.lu_solve(factors, pivots, rhs)
+    if gram.device.type == "cpu":  # gelsd (SVD) as numpy's lstsq; CPU only
+        return torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+    return torch.linalg.pinv(gram, hermitian=True) @ rhs
+
+
+def _cholesky_solve(gram: torch.Tensor, rhs: torch.Tensor, overwrite: bool) -> torch.Tensor | None:
+    """Cholesky solve of (a batch of) ``gram @ x = rhs`` from the lower triangle; ``None`` if a
+    matrix is not numerically positive definite.
+
+    On the CPU through scipy's LAPACK (OpenBLAS) on the C-ordered memory as it is: there
+    it is the transposed matrix in Fortran order, whose upper triangle is our lower one.
+    This skips torch's transposing copy and its zeroing of the other triangle, and
+    OpenBLAS's factorisation is faster than torch's MKL one on the machines measured.
+    """
+    if gram.device.type != "cpu":
+        factor, info = torch.linalg.cholesky_ex(gram)
+        return torch.cholesky_solve(rhs, factor) if bool((info == 0).all()) else None
+    n = gram.shape[-1]
+    grams, rhss = gram.reshape(-1, n, n), rhs.reshape(-1, n, rhs.shape[-1])
+    if not grams.is_contiguous():
+        grams, overwrite = grams.contiguous(), True
+    solutions = []
+    with _blas_threads():
+        for matrix, right in zip(grams.numpy(), rhss.numpy()):
+            factor, info = scipy.linalg.lapack.dpotrf(matrix.T, lower=0, clean=0, overwrite_a=overwrite)
+            if info != 0:
+                return None
+            solution, info = scipy.linalg.lapack.dpotrs(factor, right, lower=0)
+            if info != 0:
+                return None
+            solutions.append(solution)
+    return torch.from_numpy(np.stack(solutions)).reshape(rhs.shape)
+
+
+_THREADPOOLS = None
+
+
+def _blas_threads():
+    """Context in which scipy's BLAS uses as many threads as torch (one for ``torch.set_num_threads(1)``)."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = threadpoolctl.ThreadpoolController()
+    return _THREADPOOLS.limit(limits=torch.get_num_threads(), user_api="blas")
 
 
 def _transfer_functions(filters: torch.Tensor, own_filters: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -282,9 +345,11 @@ def _window_metrics(ref_windows, est_windows, transfer, n_fft: int, segment: int
     # (T, S*C, nseg, segment) -> spectra (F, T * nseg, S*C) -> projections (F, T * nseg, outputs)
     segments = refs.new_zeros(nwin, size, nseg * segment)
     segments[..., :length] = refs
-    spectra = _rfft(segments.view(nwin, size, nseg, segment), n_fft).permute(3, 0, 2, 1)
+    # FFTs along a strided axis, so that no transposing copy is needed around the matmul (pocketfft
+    # gathers strided transforms in vectorised batches)
+    spectra = _rfft(segments.view(nwin, size, nseg, segment).permute(3, 0, 2, 1), n_fft, dim=0)  # (F, T, nseg, S*C)
     projected = torch.matmul(spectra.reshape(-1, nwin * nseg, size), transfer)
-    pieces = _irfft(projected.view(-1, nwin, nseg, outputs), n_fft, dim=0).permute(1, 3, 2, 0)  # (T, outputs, nseg, n_fft)
+    pieces = _irfft(projected.view(-1, nwin, nseg, outputs).permute(1, 3, 2, 0), n_fft)  # (T, outputs, nseg, n_fft)
     total = length + filters_len - 1
     if nseg == 1:
         proj = pieces[:, :, 0, :total]
