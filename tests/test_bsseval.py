@@ -202,6 +202,52 @@ def test_memory_blocks_do_not_change_the_numbers():
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
 
 
+def test_gram_matrix_has_the_delayed_reference_inner_products():
+    """The Toeplitz blocks come from a negative-stride view of the correlations: check every entry."""
+    from msslab.metric.bsseval_torch import EPS, _gram_matrix
+
+    lags, nref = 5, 3
+    corr = torch.randn(2 * lags - 1, nref, nref, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gram = _gram_matrix(corr)
+    expected = torch.empty(nref * lags, nref * lags, dtype=torch.float64)
+    for p in range(nref):
+        for a in range(lags):
+            for q in range(nref):
+                for b in range(lags):
+                    expected[p * lags + a, q * lags + b] = corr[lags - 1 + b - a, p, q]
+    expected += EPS * torch.eye(nref * lags, dtype=torch.float64)
+    assert torch.equal(gram, expected)
+
+
+def test_segmented_window_projections_equal_one_fft_per_window(monkeypatch):
+    """Overlap-add over 4096-point segments (the default for windows longer than that) against
+    one FFT as long as each window, several segments and a partial last one per window."""
+    from msslab.metric import bsseval_torch
+
+    rng = np.random.default_rng(10)
+    refs = coloured(rng, (3, 3 * 9000 + 50, 2))
+    ests = refs + 0.3 * refs[[1, 2, 0]] + 0.01 * rng.standard_normal(refs.shape)
+    segmented = bss_eval_v4(refs, ests, 9000, 9000)
+    monkeypatch.setattr(bsseval_torch, "_SEGMENT_FFT", 1 << 20)
+    whole = bss_eval_v4(refs, ests, 9000, 9000)
+    for x, y in zip(segmented, whole):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-8)
+
+
+def test_blas_threads_follow_torch():
+    from threadpoolctl import threadpool_info
+
+    from msslab.metric.bsseval_torch import _blas_threads
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with _blas_threads():
+            assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------
 # score_track: the per-track JSON and the silent-target rules (issue 13)
 
