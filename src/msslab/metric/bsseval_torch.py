@@ -189,17 +189,23 @@ def _correlations(x: torch.Tensor, ys: list[torch.Tensor], lags: int, block_byte
     for first in range(0, nblocks, group):
         last = min(first + group, nblocks)
         lo, hi = first * step - (lags - 1), last * step + lags - 1
-        x_part = torch.nn.functional.pad(x[:, max(lo, 0):hi], (max(0, -lo), max(0, hi - nsampl)))
-        lo, hi = first * step, last * step
-        y_part = torch.cat([y[:, lo:hi] for y in ys])
-        y_part = torch.nn.functional.pad(y_part, (0, max(0, hi - nsampl))).view(nys, last - first, step)
-        y_time = x.new_zeros(n_fft, last - first, nys)
-        y_time[:step] = y_part.permute(2, 1, 0)
+        x_part = x[:, max(lo, 0):hi]
+        if lo < 0 or hi > nsampl:  # only the first and last groups need zeros around them
+            x_part = torch.nn.functional.pad(x_part, (max(0, -lo), max(0, hi - nsampl)))
         # conj(X) @ Y summed over blocks is the conjugate cross-spectrum; contiguous operands with
         # the conjugation resolved: torch's batched complex matmul otherwise falls back to one
         # small product per frequency (tens of times slower)
         x_spec = _rfft(x_part.unfold(-1, n_fft, step).permute(2, 0, 1), n_fft, dim=0).conj().resolve_conj()  # (F, P, b)
-        conj_cross += torch.matmul(x_spec, _rfft(y_time, n_fft, dim=0))  # (F, P, b) @ (F, b, Q)
+        lo, hi = first * step, last * step
+        column = 0
+        for y in ys:
+            y_part = y[:, lo:hi]
+            if hi > nsampl:
+                y_part = torch.nn.functional.pad(y_part, (0, hi - nsampl))
+            # (step, b, Q) blocks as a strided view, zero-padded to n_fft by the FFT: (F, b, Q)
+            y_spec = _rfft(y_part.reshape(y.shape[0], last - first, step).permute(2, 1, 0), n_fft, dim=0)
+            conj_cross[:, :, column:column + y.shape[0]] += torch.matmul(x_spec, y_spec)  # (F, P, b) @ (F, b, Q)
+            column += y.shape[0]
     return _irfft(conj_cross.conj(), n_fft, dim=0)[: 2 * lags - 1]
 
 
