@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from machine import describe
 from msslab.data.synthetic import generate_track
 from msslab.metric import bsseval
 
@@ -56,8 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} CPU threads, CUDA: "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(f"{describe()}, CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     win = hop = args.sample_rate
     print(f"{'track':>8} {'backend':>14} {'s/track':>9} {'speed-up':>9} {'max |diff| dB':>14} {'mismatches':>10}")
     for seconds in args.seconds:

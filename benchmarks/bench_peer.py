@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from machine import describe
 from msslab.evaluate import evaluate_system
 from msslab.system import build_system
 
@@ -204,19 +204,6 @@ def run_baselines(base: list[str], out: Path) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores of {cpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 def table(results: dict) -> str:
     if not results:
         return "(no results)"
@@ -307,7 +294,7 @@ def main():
     header = (f"budget {args.budget_minutes:g} min of {'process CPU time' if args.clock == 'cpu' else 'wall-clock time'} "
               f"per side; {len(datamodule.train_tracks)} training + {len(datamodule.valid_tracks)} validation + "
               f"{len(datamodule.test_tracks)} test songs of {args.seconds:g} s at {datamodule.sample_rate} Hz; "
-              f"{machine()}; benchmark wall time {time.perf_counter() - started:.0f} s")
+              f"{describe()}; benchmark wall time {time.perf_counter() - started:.0f} s")
     overrides = results["msslab"]["overrides"] if "msslab" in results else args.overrides
     text = f"{header}\nmsslab: experiment=fullband {' '.join(overrides)}\n\n{table(results)}"
     print(text, flush=True)
