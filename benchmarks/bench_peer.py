@@ -171,7 +171,8 @@ def run_umx(base: list[str], args, budget_s: float, clock: str, out: Path) -> di
     # msslab's pipeline so that both sides read the same chunks the same way.
     cfg = compose_cfg([*base, f"paths.output_dir={out}", "augmentation=[gain,channel_swap]",
                        "augmentation.gain.p=1.0", "augmentation.gain.gain_db=[-12.04,1.94]",
-                       f"data.chunk_seconds={args.umx_seq_seconds}", f"data.batch_size={args.umx_batch}"])
+                       f"data.chunk_seconds={args.umx_seq_seconds}", f"data.batch_size={args.umx_batch}",
+                       f"seed={args.umx_seed}"])
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, augmentation=cfg.get("augmentation"))
     datamodule.setup("fit")
@@ -244,6 +245,7 @@ def main():
     parser.add_argument("--umx-n-fft", type=int, default=4096)
     parser.add_argument("--umx-hop", type=int, default=1024)
     parser.add_argument("--umx-patience", type=int, default=3, help="ReduceLROnPlateau patience in epochs")
+    parser.add_argument("--umx-seed", type=int, default=42, help="Open-Unmix's seed (msslab's: the override seed=N)")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/bench_peer/<date_time>)")
     parser.add_argument("--reuse", action="append", default=[], help="a previous run's output folder (repeatable): show "
                         "its results of the sides not run now (same songs and budget: e.g. msslab overrides against "
