@@ -47,12 +47,14 @@ class SeparationSystem(pl.LightningModule):
     def needs_targets(self) -> bool:
         return getattr(self.model, "needs_targets", False)
 
-    def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None) -> torch.Tensor:
+    def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None,
+              magnitude: torch.Tensor | None = None) -> torch.Tensor:
+        """Masks from the mixture spectrogram (``magnitude``: its ``abs()``, when the caller has it)."""
         if self.needs_targets:
             if target_specs is None:
                 raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
             return self.model(mixture_spec, target_specs)
-        return self.model(mixture_spec.abs())
+        return self.model(mixture_spec.abs() if magnitude is None else magnitude)
 
     def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
                 autocast: bool = False, wiener_float64: bool = False) -> torch.Tensor:
@@ -86,7 +88,7 @@ class SeparationSystem(pl.LightningModule):
         mixture, targets = batch
         mixture_spec = self.spectrogram(mixture)
         mixture_magnitude = mixture_spec.abs()
-        masks = self.model(mixture_magnitude)  # trained models see magnitudes only (the oracle is never trained)
+        masks = self.masks(mixture_spec, magnitude=mixture_magnitude)
         estimates = None
         if waveforms or self.loss.domain == "waveform":
             estimates = self.spectrogram.inverse(masks * mixture_spec.unsqueeze(1), length=mixture.shape[-1])
