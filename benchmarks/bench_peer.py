@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
 
 from machine import describe
 from msslab.evaluate import evaluate_system
@@ -67,22 +66,6 @@ class Budget:
         return self.spent() >= self.seconds
 
 
-class BudgetStop(pl.Callback):
-    """Stops ``fit`` once the budget is spent (checked after every training batch)."""
-
-    def __init__(self, seconds: float, clock: str):
-        self.budget = Budget(seconds, clock)
-        self.steps = 0
-
-    def on_train_start(self, trainer, pl_module):
-        self.budget.start()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.steps += 1
-        if self.budget.exhausted():
-            trainer.should_stop = True
-
-
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("train", overrides=overrides)
@@ -94,10 +77,9 @@ def compose_cfg(overrides: list[str]):
 def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path) -> dict:
     from msslab.train import train
 
+    # msslab's own time budget (msslab.schedule.TrainingBudget), which scheduler=anneal decays over
     cfg = compose_cfg([*base, "trainer.max_epochs=100000", "callbacks.early_stopping.patience=100000",
-                       f"paths.output_dir={out}", *extra])
-    with open_dict(cfg):
-        cfg.callbacks.budget = {"_target_": f"{__name__}.BudgetStop", "seconds": budget_s, "clock": clock}
+                       f"budget.minutes={budget_s / 60}", f"budget.clock={clock}", f"paths.output_dir={out}", *extra])
     record = train(cfg)
     return {"sources": record["sources"], "train_seconds": record["train_seconds"], "epochs": record["epochs"],
             "nb_parameters": record["nb_parameters"], "overrides": extra}

@@ -12,6 +12,7 @@ from torch import nn
 from .metric.sdr import FAST_METRICS
 from .model.spectrogram import Spectrogram
 from .model.wiener import wiener
+from .schedule import training_progress
 
 
 class SeparationSystem(pl.LightningModule):
@@ -24,7 +25,8 @@ class SeparationSystem(pl.LightningModule):
         targets: target names, in the order of the model's masks.
         loss: a ``msslab.loss`` module (its ``domain`` says what it compares).
         optimizer, scheduler: partial constructors (Hydra ``_partial_: true``); the
-            scheduler steps on ``val/loss`` when it is a ReduceLROnPlateau.
+            scheduler steps on ``val/loss`` when it is a ReduceLROnPlateau, after every
+            batch when it says ``interval = "step"`` (``msslab.schedule.AnnealedLR``).
         val_metric: ``sdr`` or ``si_sdr``, logged per target each validation epoch.
         wiener_iterations: multichannel Wiener filter iterations at inference (0: plain masking).
         residual: the targets do not cover the mixture (used by the Wiener post-process).
@@ -130,7 +132,10 @@ class SeparationSystem(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        if hasattr(scheduler, "bind"):  # a schedule over the run (msslab.schedule.AnnealedLR)
+            scheduler.bind(lambda: training_progress(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss",
+                                                         "interval": getattr(scheduler, "interval", "epoch")}}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["msslab_config"] = self.config

@@ -27,6 +27,7 @@ from .logger import build_loggers, log_test_results
 from .results import run_identity, write_results
 from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_arguments,
                    resume_history)
+from .schedule import TrainingBudget
 from .search import Pruned
 from .system import build_system, covers_mixture
 
@@ -60,6 +61,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if (cfg.get("budget") or {}).get("minutes") is not None:
+        callbacks.append(TrainingBudget(cfg.budget.minutes, cfg.budget.get("clock", "wall")))
     if (cfg.get("search") or {}).get("trial") is not None:
         from .search import pruning_callback
 

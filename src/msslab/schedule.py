@@ -1,0 +1,117 @@
+"""Training budgets and learning-rate schedules that know how far the run has got.
+
+``TrainingBudget`` stops a fit after so many minutes (wall-clock or process CPU time),
+and ``AnnealedLR`` decays the learning rate over the run, down to ``final`` times its
+initial value when the run ends. How far the run has got (``training_progress``) is the
+furthest of the step count against ``trainer.max_steps``, the step count against the
+steps of ``trainer.max_epochs``, and the time spent against a ``TrainingBudget``: so the
+same schedule anneals over 15 epochs or over 20 minutes, whichever the run is given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning.pytorch as pl
+import torch
+
+from .errors import MsslabError
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+SHAPES = ("linear", "cosine")
+
+
+class TrainingBudget(pl.Callback):
+    """Stops training once ``minutes`` of the ``clock`` are spent.
+
+    ``clock``: ``wall`` (elapsed time) or ``cpu`` (CPU time of the training process, all its
+    threads; data-loader worker processes are not counted, so use ``data.num_workers=0`` to
+    budget the whole work). Time spent in validation counts. The time spent is saved in
+    checkpoints, so a resumed run continues the same budget; under DDP rank 0's clock decides
+    for every process.
+    """
+
+    def __init__(self, minutes: float, clock: str = "wall"):
+        if clock not in CLOCKS:
+            raise MsslabError(f"budget.clock: unknown clock {clock!r}; choose one of {sorted(CLOCKS)}")
+        if not minutes > 0:
+            raise MsslabError(f"budget.minutes must be positive, got {minutes}")
+        self.seconds, self.clock = 60.0 * minutes, clock
+        self._before = 0.0  # spent by the runs this one resumes
+        self._start: float | None = None
+        self._fraction = 0.0  # as rank 0 last measured it
+
+    def spent(self) -> float:
+        """Seconds of the budget spent so far (this run and the ones it resumes)."""
+        return self._before + (CLOCKS[self.clock]() - self._start if self._start is not None else 0.0)
+
+    def fraction(self) -> float:
+        """Share of the budget spent (rank 0's measurement, the same on every process), in [0, 1]."""
+        return self._fraction
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = CLOCKS[self.clock]()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # Broadcast: a schedule driven by per-process clocks would give every DDP process another lr.
+        self._fraction = min(1.0, float(trainer.strategy.broadcast(self.spent() / self.seconds, src=0)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.strategy.broadcast(self.spent() >= self.seconds, src=0):
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"spent": self.spent(), "seconds": self.seconds, "clock": self.clock}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = float(state_dict["spent"]) if state_dict.get("clock") == self.clock else 0.0
+
+
+def training_progress(trainer: pl.Trainer) -> float:
+    """How far the fit has got, in [0, 1]: the furthest of its step and time limits."""
+    step = trainer.global_step
+    fractions = [step / trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+    total = trainer.estimated_stepping_batches  # from max_epochs (inf when unlimited)
+    if math.isfinite(total) and total > 0:
+        fractions.append(step / total)
+    fractions += [c.fraction() for c in trainer.callbacks if isinstance(c, TrainingBudget)]
+    return min(1.0, max(fractions, default=0.0))
+
+
+class AnnealedLR(torch.optim.lr_scheduler.LRScheduler):
+    """Decays each learning rate from its initial value to ``final`` times it over the run.
+
+    ``shape``: ``linear`` or ``cosine`` in the run's progress (``training_progress``), which
+    ``bind`` supplies (``SeparationSystem`` binds the trainer's); steps after every batch.
+    At a fixed budget a decay to (near) zero beats a constant or plateau-driven rate:
+    the last steps are small ones that settle the weights.
+    """
+
+    interval = "step"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: str = "linear", final: float = 0.0, last_epoch: int = -1):
+        if shape not in SHAPES:
+            raise MsslabError(f"scheduler.shape: unknown shape {shape!r}; choose one of {list(SHAPES)}")
+        if not 0.0 <= final <= 1.0:
+            raise MsslabError(f"scheduler.final must be in [0, 1] (a fraction of the initial lr), got {final}")
+        self.shape, self.final = shape, final
+        self._progress = lambda: 0.0  # until bound: the initial rate
+        super().__init__(optimizer, last_epoch)
+
+    def bind(self, progress) -> "AnnealedLR":
+        """Take the run's progress (a callable returning [0, 1]) from now on."""
+        self._progress = progress
+        return self
+
+    def factor(self, progress: float) -> float:
+        p = min(max(progress, 0.0), 1.0)
+        decay = 1.0 - p if self.shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+        return self.final + (1.0 - self.final) * decay
+
+    def get_lr(self) -> list[float]:
+        factor = self.factor(self._progress())
+        return [base * factor for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k != "_progress"}

@@ -1,0 +1,126 @@
+"""Time budgets and the annealed learning rate: the decay follows the run's epochs, steps or
+budget, a budget stops the fit and carries over a resume, and bad settings name their key."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from msslab.schedule import AnnealedLR, TrainingBudget
+
+TINY = ["experiment=smoke", "data.targets=[vocals,accompaniment]", "data.train_tracks.nb_tracks=2",
+        "data.test_tracks.nb_tracks=1", "data.test_tracks.seconds=3.0", "trainer.enable_progress_bar=false",
+        "logger=none", "scheduler=anneal"]
+
+
+class RecordLR(pl.Callback):
+    """The learning rate each training batch ran with."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit(compose_train, tmp_path, overrides):
+    import msslab.train
+
+    recorder = RecordLR()
+    cfg = compose_train([*TINY, *overrides], tmp_path)
+    original = msslab.train.instantiate
+
+    def instantiate(config, *args, **kwargs):  # hand the trainer one more callback
+        if kwargs.get("callbacks") is not None:
+            kwargs["callbacks"] = [*kwargs["callbacks"], recorder]
+        return original(config, *args, **kwargs)
+
+    msslab.train.instantiate = instantiate
+    try:
+        msslab.train.run(cfg)
+    finally:
+        msslab.train.instantiate = original
+    return recorder.lrs, json.loads((tmp_path / "results.json").read_text())
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_factor_runs_from_one_to_final(shape):
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    scheduler = AnnealedLR(optimizer, shape=shape, final=0.1)
+    assert scheduler.factor(0.0) == pytest.approx(1.0) and scheduler.factor(1.0) == pytest.approx(0.1)
+    assert scheduler.factor(0.5) == pytest.approx(0.55)  # both shapes pass the midpoint halfway
+    expected = 0.1 + 0.9 * (0.75 if shape == "linear" else 0.5 * (1 + math.cos(math.pi / 4)))
+    assert scheduler.factor(0.25) == pytest.approx(expected)
+    assert scheduler.factor(2.0) == pytest.approx(0.1)  # past the end: stays at final
+    progress = iter([0.5, 1.0])
+    scheduler.bind(lambda: next(progress))
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.55e-3)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1e-3)
+
+
+def test_scheduler_state_is_plain_data():
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    scheduler = AnnealedLR(optimizer).bind(lambda: 0.25)
+    optimizer.step()
+    scheduler.step()
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)  # a bound callable would not pickle
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # checkpoints are loaded weights_only
+    restored = AnnealedLR(torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3))
+    restored.load_state_dict(state)
+    assert restored.last_epoch == scheduler.last_epoch and restored.get_last_lr() == pytest.approx([0.75e-3])
+
+
+def test_budget_state_carries_over_a_resume():
+    budget = TrainingBudget(minutes=1.0, clock="cpu")
+    budget.on_train_start(None, None)
+    sum(i * i for i in range(200_000))  # spend some CPU time
+    state = budget.state_dict()
+    assert 0 < state["spent"] < 60
+    resumed = TrainingBudget(minutes=1.0, clock="cpu")
+    resumed.load_state_dict(state)
+    assert resumed.spent() == pytest.approx(state["spent"])
+    other_clock = TrainingBudget(minutes=1.0, clock="wall")
+    other_clock.load_state_dict(state)  # CPU seconds say nothing about wall seconds
+    assert other_clock.spent() == 0.0
+
+
+def test_learning_rate_anneals_over_the_epochs(compose_train, tmp_path):
+    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=2", "scheduler.final=0.1"])
+    steps = results["global_step"]
+    assert len(lrs) == steps >= 4
+    assert lrs[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing, every step
+    # linear in the steps done: the last batch runs at 1 - (1 - final) * (steps - 1) / steps
+    assert lrs[-1] == pytest.approx(1e-3 * (1 - 0.9 * (steps - 1) / steps))
+
+
+def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
+    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu"])
+    assert results["status"] == "completed"
+    assert 2 < results["global_step"] < 1000 * 2  # stopped by the 3 s budget, long before 1000 epochs
+    # max_epochs=1000 alone would barely move the rate: the budget drives it down to near 0
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.25e-3
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scheduler.shape=steep", "scheduler.shape: unknown shape 'steep'"),
+    ("budget.clock=sundial", "budget.clock: unknown clock 'sundial'"),
+    ("budget.minutes=-1", "budget.minutes must be positive"),
+])
+def test_bad_settings_name_their_key(cli, tmp_path, override, message):
+    budget = [] if override.startswith("budget.minutes") else ["budget.minutes=1"]
+    result = cli.run("msslab-train", *TINY, *budget, override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and f"error: {message}" in result.output, result.tail()
+    assert "Traceback" not in result.output
