@@ -159,7 +159,7 @@ def test_missing_fluidsynth_or_soundfont_is_named(tmp_path):
 def test_fullband_recipe_composes_on_rendered_and_musdb18hq(compose_train, tmp_path):
     cfg = compose_train(["experiment=fullband"], tmp_path)
     assert cfg.data.train_tracks._target_ == "msslab.data.rendered.RenderedTracks"
-    assert (cfg.data.sample_rate, cfg.stft.n_fft, cfg.stft.max_freq) == (44100, 4096, 16000)
+    assert (cfg.data.sample_rate, cfg.stft.n_fft, cfg.stft.hop_length, cfg.stft.max_freq) == (44100, 4096, 2048, 16000)
     assert {"channel_swap", "gain"} <= set(cfg.augmentation)
     cfg = compose_train(["experiment=fullband", "data=musdb18hq", "data.root=/data"], tmp_path)
     assert cfg.data.train_tracks._target_ == "msslab.data.folders.StemFolderTracks" and cfg.data.sample_rate == 44100
