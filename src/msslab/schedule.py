@@ -53,12 +53,12 @@ class TrainingBudget(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         self._start = CLOCKS[self.clock]()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        # Broadcast: a schedule driven by per-process clocks would give every DDP process another lr.
-        self._fraction = min(1.0, float(trainer.strategy.broadcast(self.spent() / self.seconds, src=0)))
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.strategy.broadcast(self.spent() >= self.seconds, src=0):
+        # One measurement, broadcast, decides both the stop and the progress the next scheduler
+        # step reads: per-process clocks would give every DDP process another lr and stop step.
+        fraction = float(trainer.strategy.broadcast(self.spent() / self.seconds, src=0))
+        self._fraction = min(1.0, fraction)
+        if fraction >= 1.0:
             trainer.should_stop = True
 
     def state_dict(self) -> dict:
