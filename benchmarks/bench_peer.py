@@ -41,6 +41,7 @@ from hydra.utils import instantiate
 
 from machine import describe
 from msslab.evaluate import evaluate_system
+from msslab.schedule import CLOCKS
 from msslab.system import build_system
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -48,11 +49,12 @@ SIDES = ("msslab", "umx", "baselines")
 
 
 class Budget:
-    """A training budget in seconds of process CPU time (``cpu``) or elapsed time (``wall``)."""
+    """Open-Unmix's training budget, read from the clocks msslab's ``budget.clock`` reads:
+    process CPU time (``cpu``) or elapsed time (``wall``)."""
 
     def __init__(self, seconds: float, clock: str):
         self.seconds, self.clock = seconds, clock
-        self._now = time.process_time if clock == "cpu" else time.perf_counter
+        self._now = CLOCKS[clock]
         self._start = None
 
     def start(self) -> "Budget":
