@@ -110,6 +110,46 @@ def test_input_statistics_normalise_the_network_input():
     assert "input_mean" in model.state_dict()  # saved with the weights
 
 
+@pytest.mark.parametrize("mask", ["softmax", "sigmoid"])
+def test_coarse_masks_share_a_value_per_band_above_the_edge(mask):
+    """201 bins at 8 kHz: 20 Hz apart. Above 1 kHz (bin 50) one value per 4 bins, the last band cut short."""
+    model = RNNSeparator(nb_bins=201, max_bin=201, nb_channels=2, nb_targets=3, hidden_size=16, nb_layers=1, mask=mask,
+                         sample_rate=8000, coarse_above=1000, coarse_width=4).eval()
+    assert model.bands.fine_bins == 50 and model.bands.nb_values == 50 + 38  # ceil(151 / 4)
+    assert model.decoder[-2].out_features == 3 * 2 * model.bands.nb_values
+    with torch.no_grad():
+        masks = model(torch.rand(2, 2, 201, 9))  # (B, S, C, F, T)
+    assert masks.shape == (2, 3, 2, 201, 9)
+    coarse = masks[:, :, :, 50:198].unflatten(3, (37, 4))
+    assert torch.equal(coarse, coarse[:, :, :, :, :1].expand_as(coarse))  # constant within each band
+    assert torch.equal(masks[:, :, :, 198:], masks[:, :, :, 198:199].expand(-1, -1, -1, 3, -1))  # the short last band
+    assert float((masks[:, :, :, 198] - masks[:, :, :, 197]).abs().max()) > 1e-4  # ... which is a band of its own
+    assert float((masks[:, :, :, 51:54] - masks[:, :, :, 50:51]).abs().max()) == 0  # bins 50-53: the first band
+    assert float((masks[:, :, :, 54] - masks[:, :, :, 53]).abs().max()) > 1e-4
+    assert float((masks[:, :, :, 1:50] - masks[:, :, :, :49]).abs().max()) > 1e-4  # below the edge: a value per bin
+    if mask == "softmax":
+        assert torch.allclose(masks.sum(1), torch.ones(()), atol=1e-5)
+
+
+def test_coarse_mask_gradients_reach_every_band():
+    model = RNNSeparator(nb_bins=201, max_bin=201, nb_channels=1, nb_targets=2, hidden_size=16, nb_layers=1,
+                         sample_rate=8000, coarse_above=1000, coarse_width=4)
+    masks = model(torch.rand(2, 1, 201, 9))
+    (masks[:, 0] * torch.linspace(0.5, 1, 201)[:, None]).sum().backward()  # weighted: a plain sum of softmax masks is flat
+    grad = model.decoder[-2].weight.grad.reshape(2, 1, model.bands.nb_values, -1)
+    assert bool((grad[0].abs().sum(-1) > 0).all())  # every fine and coarse value of the first target learns
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"coarse_above": 1000, "coarse_width": 0}, "model.coarse_width"),
+    ({"coarse_above": 5000, "coarse_width": 4, "sample_rate": 8000}, r"model.coarse_above must be in \(0, 4000"),
+    ({"coarse_above": 1000, "coarse_width": 4}, "model.coarse_above is in Hz"),
+])
+def test_bad_coarse_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RNNSeparator(**{"nb_bins": 201, "max_bin": 201, "nb_channels": 2, "nb_targets": 2} | kwargs)
+
+
 @pytest.mark.parametrize("kwargs, key", [({"cell": "rnn"}, "model.cell"), ({"mask": "tanh"}, "model.mask"),
                                          ({"hidden_size": 15}, "model.hidden_size")])
 def test_bad_model_settings_name_the_key(kwargs, key):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from msslab.model import OracleIRM, Spectrogram
+from msslab.model.spectrogram import magnitude
 from msslab.system import SeparationSystem
 
 SR = 8000
@@ -36,6 +37,12 @@ def test_stft_istft_round_trip(n_fft, hop, window, length):
     edge = n_fft
     assert relative_error(back[..., :edge], wave[..., :edge]) < 1e-5
     assert relative_error(back[..., -edge:], wave[..., -edge:]) < 1e-5
+
+
+def test_magnitude_is_the_complex_abs():
+    spec = Spectrogram(n_fft=256, hop_length=64)(torch.randn(2, 3, 4000))
+    spec[0, 0, 5, 3] = 0  # a zero bin stays zero
+    assert torch.allclose(magnitude(spec), spec.abs(), rtol=1e-6, atol=0)
 
 
 def test_a_sine_lands_in_its_bin():
@@ -83,6 +90,24 @@ def test_oracle_mask_estimates_sum_to_the_mixture(power):
     assert relative_error(estimates.sum(1), mixture) < 1e-5
     masks = OracleIRM(power=power)(Spectrogram(512, 128, sample_rate=SR)(mixture), Spectrogram(512, 128, sample_rate=SR)(sources))
     assert float(masks.min()) >= 0 and float(masks.max()) <= 1 + 1e-6
+
+
+def test_coarse_oracle_is_the_band_energy_ratio():
+    """201 bins at 8 kHz (20 Hz apart): per bin below 1 kHz (bin 50), per 4 bins above, as the RNN's layout."""
+    targets = torch.randn(1, 2, 2, 201, 5, dtype=torch.complex64)
+    mixture = targets.sum(1)
+    fine = OracleIRM()(mixture, targets)
+    masks = OracleIRM(sample_rate=8000, coarse_above=1000, coarse_width=4)(mixture, targets)
+    assert masks.shape == fine.shape and torch.allclose(masks.sum(1), torch.ones(()))
+    assert torch.equal(masks[..., :50, :], fine[..., :50, :])
+    energy = targets.abs()
+    for lo, hi in [(50, 54), (54, 58), (198, 201)]:  # two full bands and the short last one
+        band = energy[..., lo:hi, :].sum(-2)
+        expected = band / band.sum(1, keepdim=True)
+        for f in range(lo, hi):
+            assert torch.allclose(masks[..., f, :], expected, atol=1e-6), f
+    with pytest.raises(ValueError, match="model.coarse_width"):
+        OracleIRM(sample_rate=8000, coarse_above=1000, coarse_width=0)
 
 
 def test_oracle_mask_recovers_sources_in_disjoint_bands():

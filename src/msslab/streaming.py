@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from .errors import AudioFileError, MsslabError
+from .model.spectrogram import magnitude
 from .system import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Streamer:
         onednn = torch.backends.mkldnn.enabled
         torch.backends.mkldnn.enabled = False
         try:
-            masks, self._rnn_state = self.system.model.step(spec.abs(), self._rnn_state)
+            masks, self._rnn_state = self.system.model.step(magnitude(spec), self._rnn_state)
         finally:
             torch.backends.mkldnn.enabled = onednn
         estimates = masks * spec.unsqueeze(1)

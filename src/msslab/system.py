@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .metric.sdr import FAST_METRICS
-from .model.spectrogram import Spectrogram
+from .model.spectrogram import Spectrogram, magnitude
 from .model.wiener import wiener
 from .schedule import training_progress
 
@@ -50,13 +50,13 @@ class SeparationSystem(pl.LightningModule):
         return getattr(self.model, "needs_targets", False)
 
     def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None,
-              magnitude: torch.Tensor | None = None) -> torch.Tensor:
-        """Masks from the mixture spectrogram (``magnitude``: its ``abs()``, when the caller has it)."""
+              mixture_magnitude: torch.Tensor | None = None) -> torch.Tensor:
+        """Masks from the mixture spectrogram (``mixture_magnitude``: its magnitude, when the caller has it)."""
         if self.needs_targets:
             if target_specs is None:
                 raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
             return self.model(mixture_spec, target_specs)
-        return self.model(mixture_spec.abs() if magnitude is None else magnitude)
+        return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
 
     def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
                 autocast: bool = False, wiener_float64: bool = False) -> torch.Tensor:
@@ -89,8 +89,8 @@ class SeparationSystem(pl.LightningModule):
         """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
         mixture, targets = batch
         mixture_spec = self.spectrogram(mixture)
-        mixture_magnitude = mixture_spec.abs()
-        masks = self.masks(mixture_spec, magnitude=mixture_magnitude)
+        mixture_magnitude = magnitude(mixture_spec)
+        masks = self.masks(mixture_spec, mixture_magnitude=mixture_magnitude)
         estimates = None
         if waveforms or self.loss.domain == "waveform":
             estimates = self.spectrogram.inverse(masks * mixture_spec.unsqueeze(1), length=mixture.shape[-1])
@@ -98,7 +98,7 @@ class SeparationSystem(pl.LightningModule):
             # masks are non-negative, so |mask * X| = mask * |X|: the loss needs no complex product
             # (that product, its abs and their gradients took most of a 44.1 kHz training step)
             with torch.no_grad():
-                target_magnitudes = self.spectrogram(targets).abs()
+                target_magnitudes = magnitude(self.spectrogram(targets))
             return self.loss(masks * mixture_magnitude.unsqueeze(1), target_magnitudes), estimates
         return self.loss(estimates, targets), estimates
 
@@ -157,7 +157,7 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
     run = OmegaConf.to_container(cfg.run) if cfg.get("run") else run_identity(cfg)
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=nb_channels,
-                        nb_targets=len(targets), residual=residual)
+                        nb_targets=len(targets), residual=residual, sample_rate=spectrogram.sample_rate)
     return SeparationSystem(
         model, spectrogram, targets, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,

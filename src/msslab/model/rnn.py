@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .bands import MaskBands
+
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 MASKS = ("softmax", "sigmoid", "relu")
 
@@ -28,11 +30,17 @@ class RNNSeparator(nn.Module):
             or ``relu`` (each target on its own).
         residual: add an implicit "everything else" class to the softmax, for target
             sets that do not cover the whole mixture.
+        sample_rate: Hz of the audio; needed only for ``coarse_above``.
+        coarse_above, coarse_width: above ``coarse_above`` Hz one mask value serves
+            ``coarse_width`` adjacent bins (``MaskBands``; None: a value per bin). The output
+            layer and the elementwise work after it scale with the number of values: at
+            44.1 kHz with 2049 bins, width 8 above 4 kHz decodes 582 per target and channel.
     """
 
     def __init__(self, nb_bins: int, max_bin: int, nb_channels: int, nb_targets: int, cell: str = "lstm",
                  bidirectional: bool = True, nb_layers: int = 3, hidden_size: int = 256, dropout: float = 0.3,
-                 mask: str = "softmax", residual: bool = False):
+                 mask: str = "softmax", residual: bool = False, sample_rate: float | None = None,
+                 coarse_above: float | None = None, coarse_width: int = 1):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"model.cell: unknown cell {cell!r}; choose one of {sorted(CELLS)}")
@@ -41,6 +49,7 @@ class RNNSeparator(nn.Module):
         if bidirectional and hidden_size % 2:
             raise ValueError(f"model.hidden_size must be even for a bidirectional RNN, got {hidden_size}")
         self.nb_bins, self.max_bin, self.nb_channels, self.nb_targets = nb_bins, max_bin, nb_channels, nb_targets
+        self.bands = MaskBands(nb_bins, sample_rate, coarse_above, coarse_width)
         self.mask, self.residual = mask, residual and mask == "softmax"
         self.nb_classes = nb_targets + int(self.residual)
         # Input statistics (per bin), set from training data before fitting; saved with the weights.
@@ -50,7 +59,7 @@ class RNNSeparator(nn.Module):
         self.rnn = CELLS[cell](input_size=hidden_size, hidden_size=hidden_size // 2 if bidirectional else hidden_size,
                                num_layers=nb_layers, bidirectional=bidirectional, batch_first=False,
                                dropout=dropout if nb_layers > 1 else 0.0)
-        out = self.nb_classes * nb_channels * nb_bins
+        out = self.nb_classes * nb_channels * self.bands.nb_values
         self.decoder = nn.Sequential(
             nn.Linear(2 * hidden_size, hidden_size, bias=False), nn.BatchNorm1d(hidden_size), nn.ReLU(),
             nn.Linear(hidden_size, out, bias=False), nn.BatchNorm1d(out))
@@ -87,9 +96,10 @@ class RNNSeparator(nn.Module):
         x = self.encoder(x.reshape(frames * batch, channels * self.max_bin)).reshape(frames, batch, -1)
         y, state = self.rnn(x, state)
         y = torch.cat([x, y], dim=-1)  # skip connection around the recurrent stack
-        y = self.decoder(y.reshape(frames * batch, -1)).reshape(frames, batch, self.nb_classes, channels, bins)
+        y = self.decoder(y.reshape(frames * batch, -1)).reshape(frames, batch, self.nb_classes, channels, self.bands.nb_values)
         if self.mask == "softmax":
             y = torch.softmax(y, dim=2)[:, :, : self.nb_targets]
         else:
             y = torch.sigmoid(y) if self.mask == "sigmoid" else torch.relu(y)
+        y = self.bands.expand(y)  # after the softmax, which then runs on fewer values
         return y.permute(1, 2, 3, 4, 0), state
