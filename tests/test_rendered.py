@@ -19,6 +19,7 @@ from scipy import signal
 
 from msslab.data import DataError
 from msslab.data.rendered import DRUM_CHANNEL, SOURCES, RenderSpec, Song, render_song
+from msslab.system import build_system
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 SR = 16000
@@ -161,5 +162,7 @@ def test_fullband_recipe_composes_on_rendered_and_musdb18hq(compose_train, tmp_p
     assert cfg.data.train_tracks._target_ == "msslab.data.rendered.RenderedTracks"
     assert (cfg.data.sample_rate, cfg.stft.n_fft, cfg.stft.hop_length, cfg.stft.max_freq) == (44100, 4096, 2048, 16000)
     assert {"channel_swap", "gain"} <= set(cfg.augmentation)
+    model = build_system(cfg, ["vocals", "drums", "bass", "other"], nb_channels=2, residual=False).model
+    assert (model.bands.fine_bins, model.bands.nb_values) == (372, 582)  # 10.8 Hz bins to 4 kHz, then 86 Hz bands
     cfg = compose_train(["experiment=fullband", "data=musdb18hq", "data.root=/data"], tmp_path)
     assert cfg.data.train_tracks._target_ == "msslab.data.folders.StemFolderTracks" and cfg.data.sample_rate == 44100
