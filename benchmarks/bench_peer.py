@@ -211,7 +211,7 @@ def table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side (after experiment=fullband)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side and the baselines (after experiment=fullband)")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per side (minutes)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: process CPU time, all threads (default, fair on a shared machine); wall: elapsed")
@@ -269,7 +269,7 @@ def main():
                                                       "render": render}, indent=2, default=str))
 
     if "baselines" in args.sides:
-        results |= run_baselines(base, out / "baselines")
+        results |= run_baselines([*base, *args.overrides], out / "baselines")  # the ceiling of the recipe run here
         save()
     if "umx" in args.sides:
         results["umx"] = run_umx(base, args, budget_s, args.clock, out / "umx")

@@ -191,6 +191,22 @@ def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_
         assert own[source]["SDR"] == pytest.approx(scores["SDR"], abs=1e-6)
 
 
+def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
+    """experiment=fullband filters with one Wiener iteration: its oracle must too (the command still wins)."""
+    common = ["msslab-eval", "model=oracle_irm", "experiment=fullband", "data=synthetic", "data.test_tracks.nb_tracks=1",
+              "data.test_tracks.seconds=4", "logger=none", "metric.n_jobs=1"]
+    runs = cli.run_all({"recipe": [*common, "hydra.run.dir=recipe"],
+                        "plain": [*common, "hydra.run.dir=plain", "separation.wiener_iterations=0"]})
+    results = {}
+    for key, result in runs.items():
+        assert result.returncode == 0, result.tail()
+        results[key] = json.loads((cli.cwd / key / "results.json").read_text())
+    assert results["recipe"]["separation"]["wiener_iterations"] == 1
+    assert results["plain"]["separation"]["wiener_iterations"] == 0
+    recipe, plain = results["recipe"]["sources"], results["plain"]["sources"]
+    assert any(abs(recipe[s]["SDR"] - plain[s]["SDR"]) > 1e-3 for s in recipe)
+
+
 def test_cuda_asked_for_without_one_is_a_one_line_error(smoke_run, cli):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

@@ -106,6 +106,21 @@ def run_choices() -> dict:
     return run_identity()["choices"]
 
 
+def experiment_separation() -> dict | None:
+    """The ``separation`` block of the experiment this command names, over conf/train.yaml's.
+
+    eval.yaml nulls the block so that a checkpoint's own settings apply; a model without
+    a checkpoint (the oracle, the mixture) takes them from the experiment instead, so that
+    ``msslab-eval model=oracle_irm experiment=fullband`` separates as the recipe does.
+    """
+    choice = run_choices().get("experiment")
+    if choice is None:
+        return None
+    from hydra import compose
+
+    return OmegaConf.to_container(compose("train", overrides=[f"experiment={choice}"]).separation)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt`` (or a model needing no training) on ``cfg.data``'s test set."""
     from hydra.utils import instantiate
@@ -115,7 +130,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
     run_dir = Path(cfg.paths.output_dir)
     device = resolve_device(cfg.device)
-    trained_separation = None
     if cfg.ckpt:
         system = load_checkpoint(cfg.ckpt, map_location=device)
         trained = OmegaConf.create(system.config)
@@ -130,7 +144,9 @@ def evaluate(cfg: DictConfig) -> dict:
         if any(p.requires_grad for p in system.model.parameters()):
             raise CheckpointError(f"model={run_choices().get('model', cfg.model._target_)} needs training: "
                                   "give ckpt=<path to a .ckpt written by msslab-train>")
-    # The command's separation settings win; the ones it leaves null are the checkpoint's.
+        trained_separation = experiment_separation()
+    # The command's separation settings win; the ones it leaves null are the checkpoint's
+    # (without one: the experiment's, as it would have trained the model).
     settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), trained_separation)
     results = evaluate_conditions(system, datamodule, run_dir, cfg, separation=settings)
     # Named as the run that trained the model (so compare pairs it with that run's seeds and
