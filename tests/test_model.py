@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from msslab.model import RNNSeparator
@@ -157,7 +157,7 @@ def test_bad_model_settings_name_the_key(kwargs, key):
         RNNSeparator(**{"nb_bins": 33, "max_bin": 33, "nb_channels": 2, "nb_targets": 2} | kwargs)
 
 
-@pytest.mark.parametrize("loss", ["mse", "l1", "sdr"])
+@pytest.mark.parametrize("loss", ["mse", "psa", "l1", "sdr"])
 def test_a_few_steps_lower_each_loss(tmp_path, compose_train, loss):
     """Gradients reach the network through the system's own training step, for every loss domain."""
     cfg = compose_train(["experiment=smoke", f"loss={loss}", "model.dropout=0"], tmp_path)
@@ -194,3 +194,24 @@ def test_spectrogram_loss_equals_the_loss_of_the_masked_mixture(configs, mask):
     (reference_grad,) = torch.autograd.grad(reference, system.model.encoder[0].weight)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-9)
+
+
+def test_phase_sensitive_loss_is_the_complex_error_of_the_masked_mixture(configs):
+    """loss=psa scores mask * |X| against the sources projected on the mixture phase: up to a
+    constant of the data, the squared complex error |mask * X - S|^2, with the same gradients;
+    the plain magnitude loss is not."""
+    cfg = OmegaConf.merge(configs["blstm"], {"model": {"dropout": 0.0}})
+    with open_dict(cfg):
+        cfg.loss = OmegaConf.load(CONF_DIR / "loss" / "psa.yaml")
+    system = build_system(cfg, SOURCES, nb_channels=2, residual=False).eval()
+    batch = (mixture(2, 2, 8000, seed=4), mixture(2, 8, 8000, seed=5).view(2, 4, 2, 8000))
+    loss, _ = system._step(batch)
+    (grad,) = torch.autograd.grad(loss, system.model.encoder[0].weight)
+    spec, target_specs = system.spectrogram(batch[0]), system.spectrogram(batch[1])
+    error = (system.model(spec.abs()) * spec.unsqueeze(1) - target_specs).abs().square().mean()
+    (error_grad,) = torch.autograd.grad(error, system.model.encoder[0].weight)
+    projection = (target_specs * spec.unsqueeze(1).conj()).real / spec.unsqueeze(1).abs()
+    constant = (target_specs.abs().square() - projection.square()).mean()
+    assert constant > 0.1 * error  # the sources' phases differ from the mixture's: the targets differ
+    torch.testing.assert_close(loss + constant, error, rtol=1e-4, atol=0)
+    torch.testing.assert_close(grad, error_grad, rtol=1e-3, atol=1e-9)

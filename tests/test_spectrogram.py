@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from msslab.model import OracleIRM, Spectrogram
-from msslab.model.spectrogram import magnitude
+from msslab.model.spectrogram import magnitude, phase_sensitive_magnitude
 from msslab.system import SeparationSystem
 
 SR = 8000
@@ -43,6 +43,19 @@ def test_magnitude_is_the_complex_abs():
     spec = Spectrogram(n_fft=256, hop_length=64)(torch.randn(2, 3, 4000))
     spec[0, 0, 5, 3] = 0  # a zero bin stays zero
     assert torch.allclose(magnitude(spec), spec.abs(), rtol=1e-6, atol=0)
+
+
+def test_phase_sensitive_magnitude_projects_on_the_mixture_phase():
+    generator = torch.Generator().manual_seed(0)
+    sources = torch.randn(2, 3, 2, 40, 9, dtype=torch.complex64, generator=generator)
+    mix = sources.sum(1)
+    projected = phase_sensitive_magnitude(sources, mix, mix.abs())
+    expected = sources.abs() * torch.cos(sources.angle() - mix.angle().unsqueeze(1))
+    torch.testing.assert_close(projected, expected, rtol=1e-4, atol=1e-5)
+    assert bool((projected < 0).any())  # a source against the mixture's phase counts negative
+    torch.testing.assert_close(projected.sum(1), mix.abs(), rtol=1e-4, atol=1e-5)
+    silent = phase_sensitive_magnitude(sources, torch.zeros_like(mix), torch.zeros(mix.shape))
+    assert bool(torch.isfinite(silent).all()) and bool((silent == 0).all())
 
 
 def test_a_sine_lands_in_its_bin():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .metric.sdr import FAST_METRICS
-from .model.spectrogram import Spectrogram, magnitude
+from .model.spectrogram import Spectrogram, magnitude, phase_sensitive_magnitude
 from .model.wiener import wiener
 from .schedule import training_progress
 
@@ -98,7 +98,11 @@ class SeparationSystem(pl.LightningModule):
             # masks are non-negative, so |mask * X| = mask * |X|: the loss needs no complex product
             # (that product, its abs and their gradients took most of a 44.1 kHz training step)
             with torch.no_grad():
-                target_magnitudes = magnitude(self.spectrogram(targets))
+                target_specs = self.spectrogram(targets)
+                if getattr(self.loss, "phase_sensitive", False):
+                    target_magnitudes = phase_sensitive_magnitude(target_specs, mixture_spec, mixture_magnitude)
+                else:
+                    target_magnitudes = magnitude(target_specs)
             return self.loss(masks * mixture_magnitude.unsqueeze(1), target_magnitudes), estimates
         return self.loss(estimates, targets), estimates
 

@@ -21,6 +21,16 @@ def magnitude(spec: torch.Tensor) -> torch.Tensor:
     return torch.hypot(spec.real, spec.imag)
 
 
+def phase_sensitive_magnitude(source_specs: torch.Tensor, mixture_spec: torch.Tensor,
+                              mixture_magnitude: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``|S| cos(angle(S) - angle(X))``: the sources ``(B, S, C, F, T)`` projected on the phase of
+    the mixture ``(B, C, F, T)``, ``Re(S conj(X)) / |X|``. Negative where a source opposes the
+    mixture; over sources that sum to the mixture the projections sum to ``|X|``."""
+    mixture_spec, mixture_magnitude = mixture_spec.unsqueeze(1), mixture_magnitude.unsqueeze(1)
+    inner = source_specs.real * mixture_spec.real + source_specs.imag * mixture_spec.imag
+    return inner / mixture_magnitude.clamp_min(eps)
+
+
 class Spectrogram(nn.Module):
     """Complex STFT and its inverse (with the phase it is given, usually the mixture's).
 
