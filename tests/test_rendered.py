@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -158,11 +159,16 @@ def test_missing_fluidsynth_or_soundfont_is_named(tmp_path):
 
 
 def test_fullband_recipe_composes_on_rendered_and_musdb18hq(compose_train, tmp_path):
+    from hydra.utils import instantiate
+
     cfg = compose_train(["experiment=fullband"], tmp_path)
     assert cfg.data.train_tracks._target_ == "msslab.data.rendered.RenderedTracks"
     assert (cfg.data.sample_rate, cfg.stft.n_fft, cfg.stft.hop_length, cfg.stft.max_freq) == (44100, 4096, 2048, 16000)
     assert {"channel_swap", "gain"} <= set(cfg.augmentation)
     model = build_system(cfg, ["vocals", "drums", "bass", "other"], nb_channels=2, residual=False).model
     assert (model.bands.fine_bins, model.bands.nb_values) == (372, 582)  # 10.8 Hz bins to 4 kHz, then 86 Hz bands
+    # the step checkpoint goes by time (Lightning refuses a step and a time interval together)
+    step_checkpoint = instantiate(cfg.callbacks.step_checkpoint)
+    assert (step_checkpoint._train_time_interval, step_checkpoint._every_n_train_steps) == (timedelta(minutes=1), 0)
     cfg = compose_train(["experiment=fullband", "data=musdb18hq", "data.root=/data"], tmp_path)
     assert cfg.data.train_tracks._target_ == "msslab.data.folders.StemFolderTracks" and cfg.data.sample_rate == 44100
