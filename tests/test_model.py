@@ -198,8 +198,8 @@ def test_spectrogram_loss_equals_the_loss_of_the_masked_mixture(configs, mask):
 
 def test_phase_sensitive_loss_is_the_complex_error_of_the_masked_mixture(configs):
     """loss=psa scores mask * |X| against the sources projected on the mixture phase: up to a
-    constant of the data, the squared complex error |mask * X - S|^2, with the same gradients;
-    the plain magnitude loss is not."""
+    constant of the data, the squared complex error |mask * X - S|^2, with the same gradients.
+    The constant is not negligible on these signals, so the target really differs from |S|."""
     cfg = OmegaConf.merge(configs["blstm"], {"model": {"dropout": 0.0}})
     with open_dict(cfg):
         cfg.loss = OmegaConf.load(CONF_DIR / "loss" / "psa.yaml")
