@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .errors import exit_on_user_error
 from .inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
@@ -129,6 +130,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from .system import build_system, covers_mixture, load_checkpoint
 
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
     device = resolve_device(cfg.device)
     if cfg.ckpt:
         system = load_checkpoint(cfg.ckpt, map_location=device)

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from .allocator import keep_freed_memory
 from .augmentation import AugmentationError, check_overrides
 from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table
@@ -43,6 +44,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     identity = run_identity(cfg)  # choices (with the augmentation list), overrides, seed
     choices = identity["choices"]
