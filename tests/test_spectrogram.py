@@ -22,7 +22,7 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("n_fft, hop, window", [(512, 128, "hann"), (256, 64, "hamming"), (1024, 256, "blackman"),
-                                                (256, 128, "hann")])
+                                                (256, 128, "hann"), (512, 256, "sqrt_hann"), (512, 128, "sqrt_hann")])
 @pytest.mark.parametrize("length", [8000, 8001, 1234])  # whole frames or not
 def test_stft_istft_round_trip(n_fft, hop, window, length):
     spec = Spectrogram(n_fft=n_fft, hop_length=hop, window=window, sample_rate=SR)
@@ -37,6 +37,17 @@ def test_stft_istft_round_trip(n_fft, hop, window, length):
     edge = n_fft
     assert relative_error(back[..., :edge], wave[..., :edge]) < 1e-5
     assert relative_error(back[..., -edge:], wave[..., -edge:]) < 1e-5
+
+
+@pytest.mark.parametrize("window, swing", [("hann", 2.0), ("sqrt_hann", 1.0)])
+def test_half_overlap_synthesis_level(window, swing):
+    """The inverse STFT divides by the overlap-add of the squared window. At 50 % overlap that
+    level swings by 2x for Hann (sin^4 + cos^4), so any change a mask makes between frames is
+    amplified up to twice; for the square-root Hann it is constant."""
+    w = Spectrogram(n_fft=512, hop_length=256, window=window).window
+    assert torch.allclose(w, torch.hann_window(512) ** (0.5 if window == "sqrt_hann" else 1.0))
+    level = (w**2).reshape(2, 256).sum(0)  # two frames overlap at every sample
+    assert float(level.max() / level.min()) == pytest.approx(swing, rel=1e-3)
 
 
 def test_magnitude_is_the_complex_abs():
