@@ -109,3 +109,26 @@ def test_a_logging_failure_after_the_scores_keeps_the_run_completed(compose_trai
     assert results["status"] == "completed" and results["best_val"] == pytest.approx(best_val)
     assert results["sources"]["vocals"]["SDR"] is not None
     assert any("W&B media upload refused" in w for w in results["warnings"]), results.get("warnings")
+
+
+EMA = ("callbacks.weight_average={_target_:lightning.pytorch.callbacks.WeightAveraging,"
+       "multi_avg_fn:{_target_:torch.optim.swa_utils.get_ema_multi_avg_fn,decay:0.9}}")
+
+
+def test_the_weight_average_is_what_checkpoints_and_the_test_use(compose_train, tmp_path):
+    import torch
+
+    import msslab.train
+    from msslab.system import load_checkpoint
+
+    cfg = compose_train([*TINY, "trainer.max_epochs=2", "logger=none", EMA], tmp_path)  # 2 steps an epoch
+    msslab.train.run(cfg)
+    results = _results(tmp_path)
+    ckpt = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
+    average, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"] >= 2  # updated after every step
+    # The checkpoint's weights are the average, not the last step's; the test scored them.
+    assert any(not torch.equal(average[k], current[k]) for k in average if k.startswith("model.rnn."))
+    system = load_checkpoint(results["best_checkpoint"])
+    assert all(torch.equal(value, average[key]) for key, value in system.state_dict().items())
+    assert results["status"] == "completed"

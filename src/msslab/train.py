@@ -63,7 +63,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     loggers = build_loggers(cfg.get("logger"), choices, run_dir)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if (cfg.get("budget") or {}).get("minutes") is not None:
         callbacks.append(TrainingBudget(cfg.budget.minutes, cfg.budget.get("clock", "wall")))
     if (cfg.get("search") or {}).get("trial") is not None:
