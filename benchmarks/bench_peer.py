@@ -247,8 +247,9 @@ def main():
     # Same songs, same test set, same evaluation for every side; loading in this process (counted).
     # Both sides with the C library's malloc settings: keep_freed_memory would speed up
     # Open-Unmix's steps more than msslab's (bench_allocator.py), and the package runs without it.
-    base = ["experiment=fullband", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}", f"data.nb_test={args.test_songs}",
-            f"data.seconds={args.seconds}", "data.num_workers=0", "trainer.enable_progress_bar=false"]
+    base = ["experiment=fullband", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}",
+            f"data.nb_test={args.test_songs}", f"data.seconds={args.seconds}", "data.num_workers=0",
+            "trainer.enable_progress_bar=false"]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
     started = time.perf_counter()

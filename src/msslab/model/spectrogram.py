@@ -6,12 +6,14 @@ import torch
 import torchaudio
 from torch import nn
 
+
 def sqrt_hann_window(length: int, **kwargs) -> torch.Tensor:
     """Square root of the periodic Hann window (kwargs as ``torch.hann_window``'s)."""
     return torch.hann_window(length, **kwargs).sqrt()
 
 
-WINDOWS = {"hann": torch.hann_window, "sqrt_hann": sqrt_hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window}
+WINDOWS = {"hann": torch.hann_window, "sqrt_hann": sqrt_hann_window, "hamming": torch.hamming_window,
+           "blackman": torch.blackman_window}
 
 
 def frequency_bin(freq: float, sample_rate: float, nb_bins: int) -> int:
