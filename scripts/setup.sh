@@ -38,5 +38,7 @@ if ! .venv/bin/python -c "import sys, pip; sys.exit(sys.version_info[:2] != (3, 
   "$python" -m venv --clear .venv
 fi
 
+# --no-cache-dir: torch's CUDA wheels are several GB; a cached copy beside the installed one
+# doubles what the install needs on disk.
 echo "--- pip install -e .[dev]"
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q --no-cache-dir -e ".[dev]"
