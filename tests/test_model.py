@@ -215,3 +215,40 @@ def test_phase_sensitive_loss_is_the_complex_error_of_the_masked_mixture(configs
     assert constant > 0.1 * error  # the sources' phases differ from the mixture's: the targets differ
     torch.testing.assert_close(loss + constant, error, rtol=1e-4, atol=0)
     torch.testing.assert_close(grad, error_grad, rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "sdr"])
+def test_loss_weights_make_a_weighted_mean_over_sources(configs, loss):
+    """loss.weights={other: 3}: the loss is the weighted mean of the per-source losses, in the
+    system's target order (a target not named weighs 1); without weights, the plain mean."""
+    cfg = OmegaConf.merge(configs["blstm"], {"model": {"dropout": 0.0}})
+    with open_dict(cfg):
+        cfg.loss = OmegaConf.load(CONF_DIR / "loss" / f"{loss}.yaml")
+    plain = build_system(cfg, SOURCES, nb_channels=2, residual=False).eval()
+    cfg.loss.weights = {"other": 3}
+    weighted = build_system(cfg, SOURCES, nb_channels=2, residual=False).eval()
+    weighted.load_state_dict(plain.state_dict())
+    batch = (mixture(2, 2, 8000, seed=4), mixture(2, 8, 8000, seed=5).view(2, 4, 2, 8000))
+    with torch.no_grad():
+        plain_loss, estimates = plain._step(batch, waveforms=True)
+        weighted_loss, _ = weighted._step(batch)
+        if plain.loss.domain == "spectrogram":
+            spec = plain.spectrogram(batch[0])
+            estimate, target = plain.model(spec.abs()) * spec.abs().unsqueeze(1), plain.spectrogram(batch[1]).abs()
+        else:
+            estimate, target = estimates, batch[1]
+        per_source = torch.stack([plain.loss(estimate[:, j:j + 1], target[:, j:j + 1]) for j in range(len(SOURCES))])
+    assert SOURCES[-1] == "other"
+    torch.testing.assert_close(plain_loss, per_source.mean(), rtol=1e-5, atol=1e-7)
+    expected = (per_source * torch.tensor([1.0, 1.0, 1.0, 3.0])).sum() / 6
+    torch.testing.assert_close(weighted_loss, expected, rtol=1e-5, atol=1e-7)
+    assert not torch.isclose(weighted_loss, plain_loss)
+
+
+def test_loss_weights_name_an_unknown_target(configs):
+    cfg = OmegaConf.merge(configs["blstm"], {"loss": {"weights": {"guitar": 2}}})
+    with pytest.raises(ValueError, match=r"loss.weights: guitar not among the targets"):
+        build_system(cfg, SOURCES, nb_channels=2, residual=False)
+    cfg = OmegaConf.merge(configs["blstm"], {"loss": {"weights": {"other": -1}}})
+    with pytest.raises(ValueError, match=r"loss.weights.other: a weight must be a number >= 0"):
+        build_system(cfg, SOURCES, nb_channels=2, residual=False)

@@ -43,6 +43,8 @@ class SeparationSystem(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_metric, self.wiener_iterations, self.residual = val_metric, wiener_iterations, residual
         self.config = config
+        if hasattr(loss, "bind_targets"):
+            loss.bind_targets(self.targets)
         self._val_scores: dict[str, list[torch.Tensor]] = defaultdict(list)
 
     @property
