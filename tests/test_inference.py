@@ -53,6 +53,36 @@ def test_torch_wiener_equals_norbert(channels, residual, iterations):
         assert error < tolerance, (float64, error)
 
 
+@pytest.mark.parametrize("exponent", [1.0, 1.25, 1.5])
+def test_wiener_exponent_sets_the_spectrogram_power_of_the_gains(exponent):
+    """One EM iteration, mono, in float64: the gain of source j is |y_j|^p R_j / sum_k |y_k|^p R_k,
+    R_j the frame sum of |y_j|^2 over that of |y_j|^p (y: the soft-masked first estimates), so the
+    estimates still add up to the mixture; a lower p gives softer gains than the powers (p = 2)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 1, 17, 21)) + 1j * rng.standard_normal((1, 1, 17, 21))
+    v = np.abs(x)[:, None] * rng.dirichlet(np.ones(3), size=(1, 1, 17, 21)).transpose(0, 4, 1, 2, 3)
+    y0 = v / v.sum(1, keepdims=True) * x[:, None]
+    power = np.abs(y0) ** 2
+    weight = power ** (exponent / 2)
+    r = power.sum(-1, keepdims=True) / weight.sum(-1, keepdims=True)
+    expected = weight * r / (weight * r).sum(1, keepdims=True) * x[:, None]
+    ours = wiener(torch.from_numpy(v), torch.from_numpy(x), 1, float64=True, exponent=exponent).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7 * np.abs(x).max())
+    np.testing.assert_allclose(ours.sum(1), x, rtol=0, atol=1e-7 * np.abs(x).max())
+    powers = wiener(torch.from_numpy(v), torch.from_numpy(x), 1, float64=True).numpy()
+    assert np.abs(ours - powers).max() > 1e-2 * np.abs(x).max()
+    spread = [np.std(np.abs(g / x[:, None])) for g in (ours, powers)]  # gains' spread over sources and bins
+    assert (spread[0] < spread[1]) == (exponent < 2)
+
+
+def test_wiener_exponent_setting_is_checked_and_defaults_to_powers():
+    assert SeparationSettings.resolve({}, {"wiener_iterations": 1}).wiener_exponent == 2.0  # an older checkpoint
+    assert SeparationSettings.resolve({"wiener_exponent": None}, {"wiener_exponent": 1.25}).wiener_exponent == 1.25
+    for bad in (0, -1.0, "soft"):
+        with pytest.raises(MsslabError, match="separation.wiener_exponent: invalid value"):
+            SeparationSettings.resolve({"wiener_exponent": bad})
+
+
 def oracle_system(**kwargs) -> SeparationSystem:
     return SeparationSystem(OracleIRM(), Spectrogram(n_fft=256, hop_length=64, sample_rate=8000), ["a", "b"],
                             **kwargs).eval()
@@ -192,7 +222,8 @@ def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_
 
 
 def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
-    """experiment=fullband filters with one Wiener iteration: its oracle must too (the command still wins)."""
+    """experiment=fullband filters with one Wiener iteration (spectrograms^1.25): its oracle must too (the
+    command still wins)."""
     common = ["msslab-eval", "model=oracle_irm", "experiment=fullband", "data=synthetic", "data.test_tracks.nb_tracks=1",
               "data.test_tracks.seconds=4", "logger=none", "metric.n_jobs=1"]
     runs = cli.run_all({"recipe": [*common, "hydra.run.dir=recipe"],
@@ -202,6 +233,7 @@ def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
         assert result.returncode == 0, result.tail()
         results[key] = json.loads((cli.cwd / key / "results.json").read_text())
     assert results["recipe"]["separation"]["wiener_iterations"] == 1
+    assert results["recipe"]["separation"]["wiener_exponent"] == 1.25  # the experiment's softer gains
     assert results["plain"]["separation"]["wiener_iterations"] == 0
     recipe, plain = results["recipe"]["sources"], results["plain"]["sources"]
     assert any(abs(recipe[s]["SDR"] - plain[s]["SDR"]) > 1e-3 for s in recipe)

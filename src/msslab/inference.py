@@ -34,6 +34,8 @@ class SeparationSettings:
         autocast: run the network in bfloat16 autocast (STFT and Wiener filter stay float32).
         wiener_iterations: multichannel Wiener filter EM iterations (0: plain masking).
         wiener_float64: run the Wiener filter in float64 (slower; float32 is within 1e-3 of it).
+        wiener_exponent: the exponent of the source spectrograms in the Wiener gains (2: power
+            spectrograms, norbert's filter; lower: softer gains, fewer artifacts, more interference).
     """
 
     chunk_seconds: float = 30.0
@@ -42,11 +44,13 @@ class SeparationSettings:
     autocast: bool = False
     wiener_iterations: int = 0
     wiener_float64: bool = False
+    wiener_exponent: float = 2.0
 
     def __post_init__(self):
         checks = {"chunk_seconds": self.chunk_seconds > 0, "overlap_seconds": self.overlap_seconds >= 0,
                   "batch_size": int(self.batch_size) == self.batch_size >= 1,
-                  "wiener_iterations": int(self.wiener_iterations) == self.wiener_iterations >= 0}
+                  "wiener_iterations": int(self.wiener_iterations) == self.wiener_iterations >= 0,
+                  "wiener_exponent": isinstance(self.wiener_exponent, (int, float)) and 0 < self.wiener_exponent <= 4}
         for key, ok in checks.items():
             if not ok:
                 raise MsslabError(f"separation.{key}: invalid value {getattr(self, key)!r}")
@@ -106,7 +110,7 @@ def separate_stream(system, read: Reader, length: int, settings: SeparationSetti
     chunk = max(int(settings.chunk_seconds * rate), shortest)
     overlap = min(int(settings.overlap_seconds * rate), chunk // 2)
     forward = dict(wiener_iterations=settings.wiener_iterations, autocast=settings.autocast,
-                   wiener_float64=settings.wiener_float64)
+                   wiener_float64=settings.wiener_float64, wiener_exponent=settings.wiener_exponent)
     if length <= chunk:  # one chunk of the track's own length, padded up to the STFT's minimum
         mixture, targets = read(0, length)
         pad = (0, max(0, shortest - length))

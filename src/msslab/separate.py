@@ -127,7 +127,8 @@ def separate(cfg: DictConfig) -> list[Path]:
     if cfg.streaming:  # block by block with a causal model (msslab.streaming)
         from .streaming import stream_files
 
-        system.wiener_iterations = settings.wiener_iterations  # the command's, as offline
+        # the command's, as offline
+        system.wiener_iterations, system.wiener_exponent = settings.wiener_iterations, settings.wiener_exponent
         return stream_files(system, plan, cfg.block_ms, cfg.wiener_context_ms)
     infos = {path: check_input(path) for path in inputs}  # fail on a bad input before writing anything
     written = []

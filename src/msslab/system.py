@@ -29,19 +29,21 @@ class SeparationSystem(pl.LightningModule):
             batch when it says ``interval = "step"`` (``msslab.schedule.AnnealedLR``).
         val_metric: ``sdr`` or ``si_sdr``, logged per target each validation epoch.
         wiener_iterations: multichannel Wiener filter iterations at inference (0: plain masking).
+        wiener_exponent: the spectrogram exponent of the Wiener gains (``msslab.model.wiener``).
         residual: the targets do not cover the mixture (used by the Wiener post-process).
         config: the resolved run config, stored in checkpoints so they rebuild themselves.
     """
 
     def __init__(self, model: nn.Module, spectrogram: Spectrogram, targets: list[str], loss: nn.Module | None = None,
                  optimizer=None, scheduler=None, val_metric: str = "sdr", wiener_iterations: int = 0,
-                 residual: bool = False, config: dict | None = None):
+                 residual: bool = False, config: dict | None = None, wiener_exponent: float = 2.0):
         super().__init__()
         if val_metric not in FAST_METRICS:
             raise ValueError(f"metric.validation: unknown metric {val_metric!r}; choose one of {sorted(FAST_METRICS)}")
         self.model, self.spectrogram, self.targets, self.loss = model, spectrogram, list(targets), loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_metric, self.wiener_iterations, self.residual = val_metric, wiener_iterations, residual
+        self.wiener_exponent = wiener_exponent
         self.config = config
         if hasattr(loss, "bind_targets"):
             loss.bind_targets(self.targets)
@@ -61,10 +63,10 @@ class SeparationSystem(pl.LightningModule):
         return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
 
     def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
-                autocast: bool = False, wiener_float64: bool = False) -> torch.Tensor:
+                autocast: bool = False, wiener_float64: bool = False, wiener_exponent: float | None = None) -> torch.Tensor:
         """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase).
 
-        ``wiener_iterations`` (None: the system's own) refines the masked estimates with the
+        ``wiener_iterations`` and ``wiener_exponent`` (None: the system's own) refines the masked estimates with the
         multichannel Wiener filter; ``autocast`` runs the network in bfloat16 (STFT and
         Wiener filter stay float32).
         """
@@ -75,17 +77,19 @@ class SeparationSystem(pl.LightningModule):
         estimate_specs = masks.to(mixture.dtype) * mixture_spec.unsqueeze(1)
         iterations = self.wiener_iterations if wiener_iterations is None else wiener_iterations
         if iterations > 0:
-            estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64)
+            estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64, wiener_exponent)
         return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
 
     def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int | None = None,
-                float64: bool = True) -> torch.Tensor:
+                float64: bool = True, exponent: float | None = None) -> torch.Tensor:
         """Multichannel Wiener filtering of the masked estimates, batched on their device
         (``iterations`` None: the system's own). Float64 unless told otherwise, as norbert was:
         the streamer's few-frame contexts need its small regulariser; ``forward`` passes
         ``separation.wiener_float64``."""
         iterations = self.wiener_iterations if iterations is None else iterations
-        return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64)
+        exponent = self.wiener_exponent if exponent is None else exponent
+        return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64,
+                      exponent=exponent)
 
     def _step(self, batch, waveforms: bool = False):
         """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
@@ -168,6 +172,7 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
         model, spectrogram, targets, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         val_metric=cfg.metric.validation, wiener_iterations=cfg.separation.wiener_iterations, residual=residual,
+        wiener_exponent=cfg.separation.get("wiener_exponent", 2.0),
         config=OmegaConf.to_container(cfg, resolve=True) | {"targets": targets, "nb_channels": nb_channels, "residual": residual,
                                                             "run": run})
 

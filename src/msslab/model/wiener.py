@@ -42,8 +42,14 @@ def _invert(m: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.linalg.pinv(m, rtol=eps)
 
 
-def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Refine source estimates ``y`` ``(B, S, C, F, T)`` of ``mixture`` ``(B, C, F, T)`` (complex) by EM."""
+def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations: int,
+                             exponent: float = 2.0) -> torch.Tensor:
+    """Refine source estimates ``y`` ``(B, S, C, F, T)`` of ``mixture`` ``(B, C, F, T)`` (complex) by EM.
+
+    ``exponent``: the source spectrograms enter the gains as ``|y|^exponent`` (2: power
+    spectrograms, the Gaussian model of norbert; smaller: fractional spectrograms, as in
+    generalized alpha-Wiener filtering, Liutkus & Badeau 2015, with softer gains).
+    """
     eps = _eps(mixture.real.dtype)
     channels = mixture.shape[1]
     x = mixture.permute(0, 2, 3, 1)  # (B, F, T, C)
@@ -51,6 +57,8 @@ def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations:
     eye = torch.eye(channels, dtype=x.dtype, device=x.device) * eps**0.5
     for _ in range(iterations):
         v = (y.abs() ** 2).mean(-1)  # (B, S, F, T): power spectrogram of each source
+        if exponent != 2.0:
+            v = v ** (exponent / 2)
         # Spatial covariance per bin: frame sum of y y^H, weighted by the powers.
         r = torch.einsum("bsftc,bsftd->bsfcd", y, y.conj()) / (eps + v.sum(-1))[..., None, None]
         cxx = torch.einsum("bsft,bsfcd->bftcd", v.to(r.dtype), r) + eye
@@ -60,13 +68,15 @@ def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations:
 
 
 def wiener(v: torch.Tensor, mixture: torch.Tensor, iterations: int = 1, residual: bool = False,
-           float64: bool = False) -> torch.Tensor:
+           float64: bool = False, exponent: float = 2.0) -> torch.Tensor:
     """Multichannel Wiener filter, as ``norbert.wiener(..., use_softmask=True)``.
 
     Args:
         v: ``(B, S, C, F, T)`` non-negative source magnitude estimates.
         mixture: ``(B, C, F, T)`` complex mixture STFT.
         iterations: EM iterations (0: the soft mask ``v / sum(v)`` applied to the mixture).
+        exponent: the spectrogram exponent of the gains (2: norbert's power spectrograms;
+            1 to 1.5 trade interference for fewer artifacts, see ``separation.wiener_exponent``).
         residual: add an "everything else" source first (``residual_model``); it is
             dropped from the result.
         float64: compute in float64 / complex128 (slower). In float32 the result equals
@@ -88,5 +98,5 @@ def wiener(v: torch.Tensor, mixture: torch.Tensor, iterations: int = 1, residual
     if iterations > 0:
         # Scaled down for numerical stability, per item (norbert scales each call).
         scale = (mixture.abs().flatten(1).amax(1) / 10).clamp_min(1)[:, None, None, None]
-        y = expectation_maximization(y / scale.unsqueeze(1), mixture / scale, iterations) * scale.unsqueeze(1)
+        y = expectation_maximization(y / scale.unsqueeze(1), mixture / scale, iterations, exponent) * scale.unsqueeze(1)
     return y[:, :nb_sources].to(out_dtype)
