@@ -63,11 +63,12 @@ class SeparationSystem(pl.LightningModule):
         return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
 
     def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
-                autocast: bool = False, wiener_float64: bool = False, wiener_exponent: float | None = None) -> torch.Tensor:
+                autocast: bool = False, wiener_float64: bool = False,
+                wiener_exponent: float | None = None) -> torch.Tensor:
         """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase).
 
-        ``wiener_iterations`` and ``wiener_exponent`` (None: the system's own) refines the masked estimates with the
-        multichannel Wiener filter; ``autocast`` runs the network in bfloat16 (STFT and
+        ``wiener_iterations`` and ``wiener_exponent`` (None: the system's own) refine the masked
+        estimates with the multichannel Wiener filter; ``autocast`` runs the network in bfloat16 (STFT and
         Wiener filter stay float32).
         """
         mixture_spec = self.spectrogram(mixture)
