@@ -99,6 +99,7 @@ class UmxSystem(torch.nn.Module):
         super().__init__()
         self.separator, self.targets = separator, list(targets)
         self.spectrogram = SimpleNamespace(n_fft=n_fft, sample_rate=sample_rate)
+        self.wiener_exponent = None  # None: the Separator's own Wiener filter
 
     @property
     def device(self):
@@ -106,7 +107,18 @@ class UmxSystem(torch.nn.Module):
 
     def forward(self, mixture, targets=None, **separation):
         # msslab's separation settings (Wiener, autocast) do not apply: the Separator has its own Wiener filter
-        return self.separator(mixture)
+        if self.wiener_exponent is None:
+            return self.separator(mixture)
+        # --umx-wiener-exponents: Open-Unmix's magnitude estimates through msslab's Wiener filter
+        # (one iteration over the whole chunk, soft-mask start) with that spectrogram exponent
+        from msslab.model.wiener import wiener
+
+        sep = self.separator
+        mix_stft = sep.stft(mixture)  # (B, C, F, T, 2)
+        magnitudes = sep.complexnorm(mix_stft)
+        v = torch.stack([model(magnitudes) for model in sep.target_models.values()], dim=1)  # (B, S, C, F, T)
+        y = wiener(v, torch.view_as_complex(mix_stft.contiguous()), 1, exponent=self.wiener_exponent)
+        return sep.istft(torch.view_as_real(y).contiguous(), length=mixture.shape[-1])
 
 
 def train_umx_target(datamodule, j: int, args, budget: Budget, encoder) -> tuple[torch.nn.Module, dict]:
@@ -171,7 +183,15 @@ def run_umx(base: list[str], args, budget_s: float, clock: str, out: Path) -> di
     separator.freeze()
     system = UmxSystem(separator, datamodule.targets, args.umx_n_fft, datamodule.sample_rate)
     results = evaluate_system(system, datamodule, out, cfg.metric, cfg.separation)
-    return {"sources": results["sources"], "targets": info,
+    # The same trained models separated through msslab's Wiener filter at each exponent asked for.
+    by_exponent = {}
+    for exponent in args.umx_wiener_exponents:
+        system.wiener_exponent = exponent
+        scores = evaluate_system(system, datamodule, out / f"wiener_exponent_{exponent:g}", cfg.metric, cfg.separation)
+        by_exponent[f"{exponent:g}"] = scores["sources"]
+        print(f"open-unmix, msslab's Wiener filter with exponent {exponent:g}: "
+              + ", ".join(f"{t} {s['SDR']:.2f}" for t, s in scores["sources"].items()), flush=True)
+    return {"sources": results["sources"], "targets": info, "wiener_exponent": by_exponent,
             "nb_parameters": sum(p.numel() for p in separator.parameters())}
 
 
@@ -230,6 +250,10 @@ def main():
     parser.add_argument("--umx-hop", type=int, default=1024)
     parser.add_argument("--umx-patience", type=int, default=3, help="ReduceLROnPlateau patience in epochs")
     parser.add_argument("--umx-seed", type=int, default=42, help="Open-Unmix's seed (msslab's: the override seed=N)")
+    parser.add_argument("--umx-wiener-exponents", default=[],
+                        type=lambda text: [float(t) for t in text.split(",") if t],
+                        help="also score Open-Unmix's models through msslab's Wiener filter at these spectrogram "
+                        "exponents (e.g. 2,1.25: recorded under umx.wiener_exponent; the table keeps its own filter)")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/bench_peer/<date_time>)")
     parser.add_argument("--reuse", action="append", default=[], help="a previous run's output folder (repeatable): show "
                         "its results of the sides not run now (same songs and budget: e.g. msslab overrides against "
