@@ -26,12 +26,15 @@ SOURCES = ["vocals", "drums", "bass", "other"]
 
 
 def scores(folders: list[str], side: str, metric: str) -> np.ndarray:
-    """``(runs, sources)``: the ``side``'s median ``metric`` of each run folder's results.json."""
+    """``(runs, sources)``: the ``side``'s median ``metric`` of each run folder's results.json
+    (a bench_peer folder; for msslab also an ``msslab-train``/``msslab-eval`` run folder, such as a
+    bench_peer checkpoint scored again with other separation settings)."""
     rows = []
     for folder in folders:
         path = Path(folder) / "results.json"
         try:
-            result = json.loads(path.read_text())["results"][side]
+            data = json.loads(path.read_text())
+            result = data if side == "msslab" and "results" not in data else data["results"][side]
         except (OSError, KeyError, json.JSONDecodeError) as exc:
             raise SystemExit(f"error: {path}: no {side} results ({type(exc).__name__}: {exc})") from None
         rows.append([result["sources"][s][metric] for s in SOURCES])
@@ -40,7 +43,8 @@ def scores(folders: list[str], side: str, metric: str) -> np.ndarray:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--msslab", nargs="+", required=True, help="bench_peer output folders with an msslab side")
+    parser.add_argument("--msslab", nargs="+", required=True,
+                        help="bench_peer output folders with an msslab side, or msslab run folders")
     parser.add_argument("--umx", nargs="+", required=True, help="bench_peer output folders with an Open-Unmix side")
     parser.add_argument("--metric", default="SDR", choices=["SDR", "SIR", "SAR"])
     parser.add_argument("--title", default="")

@@ -204,12 +204,19 @@ def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_
         "own": [*common, "hydra.run.dir=own"],
         "wiener": [*common, "hydra.run.dir=wiener", "separation.wiener_iterations=1", "separation.batch_size=2",
                    "device=cpu"],
+        "valid": [*common, "hydra.run.dir=valid", "split=valid"],
+        "bad_split": [*common, "hydra.run.dir=bad_split", "split=train"],
     })
+    bad = runs.pop("bad_split")
+    assert bad.returncode == 1 and "error: split: 'train' is not one of test, valid" in bad.stderr, bad.tail()
     results = {}
     for key, result in runs.items():
         assert result.returncode == 0, result.tail()
         results[key] = json.loads((cli.cwd / key / "results.json").read_text())
     assert results["own"]["separation"]["wiener_iterations"] == 0
+    # split=valid scores the validation songs instead of the test songs, and says so
+    assert (results["own"]["split"], results["valid"]["split"]) == ("test", "valid")
+    assert results["valid"]["tracks"] and not set(results["valid"]["tracks"]) & set(results["own"]["tracks"])
     assert results["own"]["separation"]["chunk_seconds"] == smoke_run.results["separation"]["chunk_seconds"]
     assert results["wiener"]["separation"] | {"device": "cpu"} == results["own"]["separation"] | {
         "wiener_iterations": 1, "batch_size": 2, "device": "cpu"}

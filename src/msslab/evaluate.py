@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
-from .errors import exit_on_user_error
+from .errors import MsslabError, exit_on_user_error
 from .inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
 from .results import results_table, run_identity, write_results
@@ -139,8 +139,13 @@ def evaluate(cfg: DictConfig) -> dict:
         trained_separation = OmegaConf.to_container(trained.separation) if "separation" in trained else None
         with open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
             cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
+    split = cfg.get("split", "test")
+    if split not in ("test", "valid"):
+        raise MsslabError(f"split: {split!r} is not one of test, valid")
     datamodule = instantiate(cfg.data, augmentation=None)
     datamodule.setup("test")
+    if split == "valid":  # the held-out training songs: choose separation settings here, not on the test set
+        datamodule.test_tracks = datamodule.valid_tracks
     if not cfg.ckpt:
         residual = not covers_mixture(datamodule.sources, datamodule.groups)
         system = build_system(cfg, datamodule.targets, datamodule.nb_channels, residual).to(device)
@@ -157,12 +162,12 @@ def evaluate(cfg: DictConfig) -> dict:
     identity = system.config["run"]
     extra = {"eval_overrides": run_identity()["overrides"], "identity_from": identity.get("source")} if cfg.ckpt else {}
     write_results(run_dir, status="completed", choices=identity["choices"], overrides=identity["overrides"],
-                  seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, **extra,
+                  seed=identity["seed"], ckpt=str(cfg.ckpt) if cfg.ckpt else None, split=split, **extra,
                   sources=results["sources"], tracks=results["tracks"], tracks_scored=results["tracks_scored"],
                   metric=results["metric"], conditions=results["conditions"],
                   train_seconds=0.0, eval_seconds=results["eval_seconds"], separation=results["separation"])
     print_conditions(results)
-    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} test tracks, run {run_dir}")
+    print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} {split} tracks, run {run_dir}")
     return results
 
 
