@@ -231,8 +231,10 @@ def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_
 def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
     """experiment=fullband filters with one Wiener iteration (spectrograms^1.25): its oracle must too (the
     command still wins)."""
+    # the data module prepares every split: small training and validation sets keep the 44.1 kHz synthesis short
     common = ["msslab-eval", "model=oracle_irm", "experiment=fullband", "data=synthetic", "data.test_tracks.nb_tracks=1",
-              "data.test_tracks.seconds=4", "logger=none", "metric.n_jobs=1"]
+              "data.test_tracks.seconds=4", "data.train_tracks.nb_tracks=2", "data.train_tracks.seconds=4",
+              "data.valid_tracks.nb_tracks=1", "data.valid_tracks.seconds=4", "logger=none", "metric.n_jobs=1"]
     runs = cli.run_all({"recipe": [*common, "hydra.run.dir=recipe"],
                         "plain": [*common, "hydra.run.dir=plain", "separation.wiener_iterations=0"]})
     results = {}
