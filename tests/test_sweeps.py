@@ -329,3 +329,43 @@ def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
     assert sorted(runs["status"]) == ["completed", "completed", "pruned"]
     assert "pruned after epoch 0" in runs.loc[runs["status"] == "pruned", "error"].iloc[0]
     assert not runs["variant"].str.contains("search|resume").any()  # bookkeeping, not what a trial is
+
+
+def launch_search(sweep_dir: Path, monkeypatch, *overrides: str):
+    """One in-process launch of ``msslab-search`` whose trials do not train: each scores its learning rate."""
+    from msslab.search import Search
+
+    def run_trial(self, number, params):
+        self.study.tell(number, float(params["optimizer.lr"]))
+
+    monkeypatch.setattr(Search, "run_trial", run_trial)
+    search = Search(["experiment=search", *overrides, f"hydra.sweep.dir={sweep_dir}"])
+    search.run()
+    return search.study
+
+
+def test_a_relaunched_search_proposes_new_points(tmp_path, monkeypatch):
+    first = [t.params for t in launch_search(tmp_path / "study", monkeypatch, "search.n_trials=3", "search.n_jobs=1").trials]
+    continued = launch_search(tmp_path / "study", monkeypatch, "search.n_trials=6", "search.n_jobs=1")
+    params = [t.params for t in continued.trials]
+    assert [t.number for t in continued.trials] == list(range(6))
+    assert params[:3] == first
+    for old in params[:3]:  # not the first launch's proposals again
+        assert all(new["optimizer.lr"] != old["optimizer.lr"] for new in params[3:]), params
+    # The seed still decides: a new study with it proposes what the first launch did.
+    again = launch_search(tmp_path / "again", monkeypatch, "search.n_trials=3", "search.n_jobs=1")
+    assert [t.params for t in again.trials] == params[:3]
+
+
+def test_a_search_relaunched_with_other_fixed_settings_is_refused(tmp_path, monkeypatch):
+    from msslab.errors import MsslabError
+
+    launch_search(tmp_path, monkeypatch, "trainer.max_epochs=20", "search.n_trials=1")
+    with pytest.raises(MsslabError, match=r"trainer\.max_epochs: '20' -> '2'"):
+        launch_search(tmp_path, monkeypatch, "trainer.max_epochs=2", "search.n_trials=2")
+    with pytest.raises(MsslabError, match=r"model\.dropout: '<absent>' -> '0.1'.*trainer\.max_epochs: '20' -> '<absent>'"):
+        launch_search(tmp_path, monkeypatch, "model.dropout=0.1", "search.n_trials=2")
+    # How to run (trial count, parallelism, pruner, resume) is not what a trial is: a relaunch may change it.
+    study = launch_search(tmp_path, monkeypatch, "trainer.max_epochs=20", "search.n_trials=2", "search.n_jobs=1",
+                          "search.pruner=null", "rerun_failed=true")
+    assert len(study.trials) == 2
