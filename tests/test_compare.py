@@ -329,3 +329,72 @@ def test_conditions_get_seed_means_paired_tests_and_drops(tmp_path: Path):
     for name in ("comparison_conditions.csv", "comparison_condition_tests.csv", "comparison_robustness.csv",
                  "comparison_conditions_SDR.png", "comparison_conditions_SIR.png"):
         assert (tmp_path / "report" / name).is_file(), name
+
+
+def write_evaluation(job_dir: Path, seed: int, split: str, exponent: float, shift: float) -> None:
+    """An ``msslab-eval`` results.json: the training run's identity (as write_run's BASELINE), its
+    checkpoint, the split and the command's own overrides; scores = the baseline's + ``shift`` dB."""
+    job_dir.mkdir(parents=True)
+    ckpt = f"multirun/ablation/{seed}/checkpoints/best-epoch{3 + seed:03d}.ckpt"  # the epoch differs per seed
+    tracks = {t: {s: {m: v + shift for m, v in ms.items()} for s, ms in ss.items()}
+              for t, ss in tracks_for(BASELINE, seed).items()}
+    results = {
+        "status": "completed", "run_id": f"eval-{seed}",
+        "choices": {"data": "synthetic", "model": "blstm", "augmentation": [], "loss": "mse"},
+        "overrides": ["augmentation=[]", f"seed={seed}", "trainer=smoke"], "seed": seed,
+        "ckpt": ckpt, "split": split,
+        "eval_overrides": [f"ckpt={ckpt}", f"split={split}", f"separation.wiener_exponent={exponent}",
+                           f"hydra.run.dir=outputs/eval/{split}_{exponent}_{seed}"],
+        "tracks": tracks,
+        "sources": {s: {m: float(np.median([tracks[t][s][m] for t in TRACKS])) for m in METRICS} for s in SOURCES},
+        "train_seconds": 0.0, "eval_seconds": 1.0,
+    }
+    (job_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_an_evaluation_is_its_own_variant_per_split_and_setting(tmp_path: Path):
+    # The training runs (test songs), and their checkpoints scored on the validation songs at two
+    # Wiener exponents (the README's way of choosing a setting) and on the test songs at one.
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        write_run(root / "train" / str(seed), BASELINE, seed)
+        write_evaluation(root / "valid1.5" / str(seed), seed, "valid", 1.5, shift=1.0)
+        write_evaluation(root / "valid2" / str(seed), seed, "valid", 2.0, shift=2.0)
+        write_evaluation(root / "test1.5" / str(seed), seed, "test", 1.5, shift=0.5)
+    report = compare_runs([root], output=tmp_path / "report", metrics=["SDR"], plot_metrics=[], progress=False)
+    runs = report.runs.set_index("run")
+    assert runs["variant"].nunique() == 4  # one row per setting and split, none pooled with training
+    assert set(runs["split"]) == {"test", "valid"}
+    variant = {name: runs.at[f"{name}/1", "variant"] for name in ("train", "valid1.5", "valid2", "test1.5")}
+    assert "split=valid" in variant["valid2"] and "eval.separation.wiener_exponent=2.0" in variant["valid2"]
+    assert "ckpt=" not in variant["valid2"]  # best-epoch004 and best-epoch005 are both a best checkpoint
+    for name in variant:  # both seeds in each row, nothing else
+        assert runs.loc[runs["variant"] == variant[name]].index.str.startswith(name + "/").all()
+
+    summary = report.summary.set_index("variant")
+    for name, shift in (("train", 0.0), ("valid1.5", 1.0), ("valid2", 2.0), ("test1.5", 0.5)):
+        values = [v["vocals"]["SDR"] + shift for s in SEEDS for v in tracks_for(BASELINE, s).values()]
+        assert summary.at[variant[name], "vocals_SDR_median"] == pytest.approx(np.median(values))
+        assert summary.at[variant[name], "vocals_SDR_n"] == len(TRACKS) * len(SEEDS)
+
+    # Paired on track and seed within a split, each seed once; the other split is not paired at all.
+    report = compare_runs([root], output=tmp_path / "valid", baseline=variant["valid1.5"], metrics=["SDR"],
+                          plot_metrics=[], progress=False)
+    tests = report.tests.set_index(["variant", "source"])
+    better = tests.loc[(variant["valid2"], "vocals")]
+    assert better["n"] == len(TRACKS) * len(SEEDS) and better["median_diff"] == pytest.approx(1.0)
+    assert better["paired_on"] == "track+seed"
+    for other in ("train", "test1.5"):
+        row = tests.loc[(variant[other], "vocals")]
+        assert row["n"] == 0 and row["verdict"] == "other split (test vs valid)" and not row["significant"]
+
+
+def test_bootstrap_needs_enough_pairs():
+    for n in (1, 2, 5):  # every difference positive: a percentile interval excludes 0 all the same
+        few = paired_test(np.arange(n) + 1.0, np.zeros(n), method="bootstrap")
+        assert few.verdict == "too few pairs" and not few.significant and few.n == n
+    enough = paired_test(np.arange(6) + 1.0, np.zeros(6), method="bootstrap")
+    assert enough.verdict == "significant" and enough.significant
+    from msslab.report.stats import min_pairs
+
+    assert min_pairs(0.05) == 6 and min_pairs(0.01) == 8  # 2 ** (1 - n) < alpha

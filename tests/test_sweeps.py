@@ -270,21 +270,41 @@ def test_a_failing_run_is_recorded_and_the_sweep_finishes(tmp_path):
     assert "learning rate" in (tmp_path / "report" / "comparison.md").read_text()
 
 
+def trained_steps(log_dir: Path) -> list[int]:
+    """The training steps one process logged (a CSVLogger version: one per process; every step, trainer=smoke)."""
+    metrics = pd.read_csv(log_dir / "metrics.csv")
+    return sorted(int(step) for step in metrics.loc[metrics["train/loss_step"].notna(), "step"])
+
+
 def test_a_relaunched_sweep_runs_only_unfinished_jobs(tmp_path):
+    import torch
+
     sweep_dir = tmp_path / "multirun" / "relaunch"
-    args = ["experiment=smoke", *TINY, "name=relaunch", "model=lstm", "logger=csv", "seed=1,2,3"]
+    # Two epochs with a step checkpoint every 3 steps: one lands inside the second epoch.
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    args = ["experiment=smoke", *tiny, "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=3",
+            "name=relaunch", "model=lstm", "logger=csv", "seed=1,2,3"]
     multirun(tmp_path, sweep_dir, *args)
     results = {job: sweep_dir / job / "results.json" for job in "012"}
+    total = json.loads(results["0"].read_text())["global_step"]
     failed = json.loads(results["1"].read_text()) | {"status": "failed", "error": "simulated failure"}
     results["1"].write_text(json.dumps(failed))
-    results["2"].unlink()  # killed after its last checkpoint, before results.json
+    # Job 2 killed after its step checkpoint, before the epoch's end: no last.ckpt, no results.json.
+    results["2"].unlink()
+    (sweep_dir / "2" / "checkpoints" / "last.ckpt").unlink()
+    saved_at = torch.load(sweep_dir / "2" / "checkpoints" / "step.ckpt", weights_only=True)["global_step"]
+    assert 0 < saved_at < total
     before = {job: path.read_bytes() for job, path in results.items() if path.exists()}
+    assert trained_steps(sweep_dir / "2" / "csv" / "version_0") == list(range(total))  # every step is logged
 
     multirun(tmp_path, sweep_dir, *args)
     assert results["0"].read_bytes() == before["0"] and results["1"].read_bytes() == before["1"]
+    assert not (sweep_dir / "0" / "csv" / "version_1").exists()  # the completed job did not run again
     resumed = json.loads(results["2"].read_text())
-    assert resumed["status"] == "completed" and resumed["seed"] == 3
-    assert [r["checkpoint"] for r in resumed["resumes"]] == ["last.ckpt"]
+    assert resumed["status"] == "completed" and resumed["seed"] == 3 and resumed["global_step"] == total
+    assert [r["checkpoint"] for r in resumed["resumes"]] == ["step.ckpt"]
+    # The relaunched process trained only what the checkpoint did not hold (a restart trains all of it).
+    assert trained_steps(sweep_dir / "2" / "csv" / "version_1") == list(range(saved_at, total))
 
     multirun(tmp_path, sweep_dir, *args, "rerun_failed=true")  # now the failed one runs again
     assert results["1"].read_bytes() != before["1"] and json.loads(results["1"].read_text())["status"] == "completed"
@@ -300,7 +320,7 @@ def search(cwd: Path, sweep_dir: Path, *overrides: str) -> str:
     return output
 
 
-def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
+def test_search_prunes_persists_completes_and_survives_trials_without_a_score(tmp_path):
     import optuna
 
     sweep_dir = tmp_path / "multirun" / "search"
@@ -312,20 +332,80 @@ def test_search_prunes_persists_and_survives_trials_without_a_score(tmp_path):
     pruned = json.loads((sweep_dir / "0" / "results.json").read_text())
     assert pruned["status"] == "pruned" and pruned["epochs"] == 1 and "pruned after epoch 0" in pruned["error"]
 
-    # The relaunch continues the study (default median pruner, too few trials to prune yet). Without
-    # the checkpoint callback a run has no best score: its trial fails, and the search goes on.
-    search(tmp_path, sweep_dir, *args, "search.n_trials=3", "~callbacks.checkpoint")
+    # The relaunch continues the study (default median pruner, too few trials to prune yet): trial 1 completes.
+    search(tmp_path, sweep_dir, *args, "search.n_trials=2")
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    states = [(t.number, t.state.name) for t in study.trials]
-    assert states == [(0, "PRUNED"), (1, "FAIL"), (2, "FAIL")]
-    for job in ("1", "2"):
-        unscored = json.loads((sweep_dir / job / "results.json").read_text())
-        assert unscored["status"] == "completed" and unscored["best_val"] is None
-    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").trials == {"pruned": 1, "fail": 2}
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "PRUNED"), (1, "COMPLETE")]
+    completed = json.loads((sweep_dir / "1" / "results.json").read_text())
+    assert completed["status"] == "completed" and math.isfinite(completed["best_val"])
+    # The study's best is that run: its best validation score, and the parameters it trained with.
+    assert study.best_trial.number == 1 and study.best_value == pytest.approx(completed["best_val"])
+    assert set(study.best_params) == {"optimizer.lr"} and study.best_params["optimizer.lr"] in (0.001, 0.002)
+    assert f"optimizer.lr={study.best_params['optimizer.lr']!r}" in completed["overrides"]
+    summary = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert summary.trials == {"pruned": 1, "complete": 1} and summary.best_trial == 1
+    assert summary.best_value == pytest.approx(completed["best_val"]) and summary.best_params == study.best_params
 
     from msslab.report.runs import load_runs  # what msslab-compare lists
 
     runs = load_runs(sweep_dir, progress=False)
-    assert sorted(runs["status"]) == ["completed", "completed", "pruned"]
+    assert sorted(runs["status"]) == ["completed", "pruned"]
     assert "pruned after epoch 0" in runs.loc[runs["status"] == "pruned", "error"].iloc[0]
     assert not runs["variant"].str.contains("search|resume").any()  # bookkeeping, not what a trial is
+
+    # Without the checkpoint callback a run has no best score. A relaunch of this study with it
+    # removed is refused (its trials would train otherwise); in a study of its own the trial
+    # fails, and the search finishes.
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    refused = subprocess.run([sys.executable, "-m", "msslab.search", *args, "search.n_trials=3", "~callbacks.checkpoint",
+                              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode != 0 and "~callbacks.checkpoint: '<absent>' -> ''" in refused.stderr, refused.stderr
+    assert len(optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials) == 2
+    unscored_dir = tmp_path / "multirun" / "unscored"
+    search(tmp_path, unscored_dir, *args, "search.n_trials=1", "~callbacks.checkpoint")
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{unscored_dir / 'optuna.db'}")
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL")]
+    unscored = json.loads((unscored_dir / "0" / "results.json").read_text())
+    assert unscored["status"] == "completed" and unscored["best_val"] is None
+    assert OmegaConf.load(unscored_dir / "optimization_results.yaml").trials == {"fail": 1}
+
+
+def launch_search(sweep_dir: Path, monkeypatch, *overrides: str):
+    """One in-process launch of ``msslab-search`` whose trials do not train: each scores its learning rate."""
+    from msslab.search import Search
+
+    def run_trial(self, number, params):
+        self.study.tell(number, float(params["optimizer.lr"]))
+
+    monkeypatch.setattr(Search, "run_trial", run_trial)
+    search = Search(["experiment=search", *overrides, f"hydra.sweep.dir={sweep_dir}"])
+    search.run()
+    return search.study
+
+
+def test_a_relaunched_search_proposes_new_points(tmp_path, monkeypatch):
+    first = [t.params for t in launch_search(tmp_path / "study", monkeypatch, "search.n_trials=3", "search.n_jobs=1").trials]
+    continued = launch_search(tmp_path / "study", monkeypatch, "search.n_trials=6", "search.n_jobs=1")
+    params = [t.params for t in continued.trials]
+    assert [t.number for t in continued.trials] == list(range(6))
+    assert params[:3] == first
+    for old in params[:3]:  # not the first launch's proposals again
+        assert all(new["optimizer.lr"] != old["optimizer.lr"] for new in params[3:]), params
+    # The seed still decides: a new study with it proposes what the first launch did.
+    again = launch_search(tmp_path / "again", monkeypatch, "search.n_trials=3", "search.n_jobs=1")
+    assert [t.params for t in again.trials] == params[:3]
+
+
+def test_a_search_relaunched_with_other_fixed_settings_is_refused(tmp_path, monkeypatch):
+    from msslab.errors import MsslabError
+
+    launch_search(tmp_path, monkeypatch, "trainer.max_epochs=20", "search.n_trials=1")
+    with pytest.raises(MsslabError, match=r"trainer\.max_epochs: '20' -> '2'"):
+        launch_search(tmp_path, monkeypatch, "trainer.max_epochs=2", "search.n_trials=2")
+    with pytest.raises(MsslabError, match=r"model\.dropout: '<absent>' -> '0.1'.*trainer\.max_epochs: '20' -> '<absent>'"):
+        launch_search(tmp_path, monkeypatch, "model.dropout=0.1", "search.n_trials=2")
+    # How to run (trial count, parallelism, pruner, resume) is not what a trial is: a relaunch may change it.
+    study = launch_search(tmp_path, monkeypatch, "trainer.max_epochs=20", "search.n_trials=2", "search.n_jobs=1",
+                          "search.pruner=null", "rerun_failed=true")
+    assert len(study.trials) == 2

@@ -15,7 +15,11 @@ into the same sweep directory would reuse the directories of other trials. Here:
   ``resume=auto``: a trial interrupted by a kill is resumed from its checkpoint by the
   relaunch, a finished one is not run again;
 - the trial reports validation SDR at each epoch end to the study's pruner
-  (``search.pruner``, median by default) and stops when pruned: results.json ``pruned``.
+  (``search.pruner``, median by default) and stops when pruned: results.json ``pruned``;
+- the study records the launch's fixed overrides (what every trial trains with): a relaunch
+  that changes them is refused, naming the keys, since its trials would not be comparable;
+- a relaunch seeds the sampler from ``search.sampler.seed`` and the number of trials the
+  study holds, so it proposes new points instead of replaying the first launch's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import lightning.pytorch as pl
 from .errors import MsslabError
 
 log = logging.getLogger(__name__)
+
+FIXED_ATTR = "msslab_fixed_overrides"  # study user attribute: the fixed overrides of its first launch
 
 
 class Pruned(Exception):
@@ -71,6 +77,55 @@ def _study(search, storage: str, load_only: bool = False):
         return optuna.load_study(study_name=search.study_name, storage=storage, pruner=pruner)
     return optuna.create_study(study_name=search.study_name, storage=storage, load_if_exists=True,
                                direction=search.direction, sampler=instantiate(search.sampler), pruner=pruner)
+
+
+def fixed_settings(overrides: list[str]) -> dict[str, str]:
+    """``key -> value`` of the overrides every trial of a study trains with.
+
+    Left out: ``hydra.*`` (where and how the launch runs) and the keys that say how to run,
+    not what (``search.*``: trial count, parallelism, pruner, sampler; ``resume``, ``rerun_failed``).
+    """
+    from .report.runs import parse_overrides
+    from .runs import NOT_COMPARED
+
+    return {key: value for key, value in parse_overrides(overrides).items()
+            if not key.lstrip("~").startswith("hydra") and key.lstrip("~").split(".")[0] not in NOT_COMPARED}
+
+
+def check_fixed(study, fixed: dict[str, str]) -> None:
+    """Record ``fixed`` with a study on its first launch; refuse a relaunch that changes them.
+
+    Raises :class:`MsslabError` naming every key that differs (``key: old -> new``).
+    """
+    recorded = study.user_attrs.get(FIXED_ATTR)
+    if recorded is None:  # a new study (or one from before this record): this launch's settings are its own
+        study.set_user_attr(FIXED_ATTR, fixed)
+        return
+    missing = "<absent>"
+    changes = [f"{key}: {recorded.get(key, missing)!r} -> {fixed.get(key, missing)!r}"
+               for key in sorted(set(recorded) | set(fixed)) if recorded.get(key, missing) != fixed.get(key, missing)]
+    if changes:
+        raise MsslabError(f"study {study.study_name} was started with other fixed settings; its trials would be "
+                          f"ranked with ones trained differently: {'; '.join(changes)}. Relaunch with the study's "
+                          "own overrides, or start a new study in another hydra.sweep.dir")
+
+
+def reseed_sampler(study, sampler_cfg) -> None:
+    """A relaunch's sampler: seeded from ``sampler_cfg.seed`` and the number of trials so far.
+
+    The sampler is not stored with the study; rebuilt with the same seed on every launch it
+    would propose the first launch's points again (its random start-up trials are drawn from
+    the seed alone). A new study keeps the seed itself: the same seed, the same proposals.
+    """
+    import numpy as np
+    from hydra.utils import instantiate
+
+    seed, done = sampler_cfg.get("seed"), len(study.trials)
+    if seed is None or not done:
+        return
+    derived = int(np.random.SeedSequence([int(seed) % 2**32, done]).generate_state(1)[0])
+    study.sampler = instantiate(sampler_cfg, seed=derived)
+    log.info("sampler seeded with %d (seed %s, %d trials so far)", derived, seed, done)
 
 
 def pruning_callback(cfg) -> pl.Callback:
@@ -118,6 +173,8 @@ class Search:
         self.n_trials = int(search.n_trials)
         self.rerun_failed = bool(cfg.get("rerun_failed"))
         self.study = _study(search, self.storage)
+        check_fixed(self.study, fixed_settings(self.fixed))
+        reseed_sampler(self.study, search.sampler)
         self._ask_lock = threading.Lock()
 
     def run_trial(self, number: int, params: dict) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 from msslab.report import plots
 from msslab.report.conditions import CLEAN, condition_tests, robustness, seed_table
 from msslab.report.runs import CompareError, condition_scores, load_runs, track_scores
-from msslab.report.stats import TESTS, compare_to_baseline, ordered, select_baseline, summarize
+from msslab.report.stats import TESTS, compare_to_baseline, min_pairs, ordered, select_baseline, summarize
 from msslab.report.write import claim, fmt, md_table, record
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,14 @@ def compare_runs(
 
     summary = summarize(runs, scores, wanted)
     base = select_baseline(runs, baseline) if len(runs) else None
-    tests = compare_to_baseline(scores, base, metrics, method=test, alpha=alpha, correction=correction)
+    splits = dict(zip(runs["variant"], runs["split"]))  # evaluations on other songs are not paired with them
+    tests = compare_to_baseline(scores, base, metrics, method=test, alpha=alpha, correction=correction, splits=splits)
     # Test conditions (clean only for runs evaluated without them): seed means, paired tests, drops.
     by_condition = condition_scores(runs, wanted)
     level = 0.95
     conditions = seed_table(by_condition, level)
-    ctests = condition_tests(by_condition, base, metrics, method=test, alpha=alpha, correction=correction) \
+    ctests = condition_tests(by_condition, base, metrics, method=test, alpha=alpha, correction=correction,
+                             splits=splits) \
         if base is not None and len(by_condition) else pd.DataFrame()
     drops = robustness(by_condition, level)
 
@@ -253,7 +255,8 @@ def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correctio
         else:
             how = (
                 f"bootstrap {100 * (1 - alpha):g}% confidence interval (percentile, pairs resampled) of the median "
-                "paired difference; significant when it excludes 0."
+                f"paired difference; significant when it excludes 0, given at least {min_pairs(alpha)} pairs "
+                "(with fewer, unanimous signs are within chance, yet the interval excludes 0: \"too few pairs\")."
             )
         lines += [
             f"Baseline: `{report.baseline}`. Each variant is paired with the baseline on the same track and seed "

@@ -5,12 +5,19 @@ A run directory is one written by ``msslab-train`` (``results.json`` plus
 *variants*: everything that configured the run (config-group choices and
 command-line overrides) except the keys in ``pool_over`` (the seed, by default),
 so that several seeds of one configuration pool together.
+
+An ``msslab-eval`` results.json carries the identity of the run that trained its
+checkpoint; it is a variant of its own, keyed in addition by the songs it scored
+(``split``), what the evaluation command set (``eval.<key>``) and which of the run's
+checkpoints it loaded (``ckpt``), so it never pools with its training run or with an
+evaluation under other settings.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import re
 import warnings
@@ -20,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 
@@ -31,6 +40,7 @@ RUN_COLUMNS = [
     "error",  # error message of a failed run (why a pruned one stopped), else ""
     "run_id",
     "seed",
+    "split",  # the songs scored: "test" (training runs), or an msslab-eval's split ("valid")
     "variant",  # readable variant name (only the keys that differ across runs)
     "settings",  # dict: every key=value that defines the variant (choices + overrides)
     "sources",  # dict: source -> metric -> run-level median (dB)
@@ -166,6 +176,38 @@ def _read_hydra(run_dir: Path) -> tuple[dict, list[str]]:
     return choices, overrides
 
 
+def _checkpoint_kind(path: str) -> str:
+    """``.../checkpoints/best-epoch042.ckpt`` -> ``best-epochN``: which of a run's checkpoints, not whose.
+
+    The directory names the training run (already in the variant through its identity) and
+    the digits the epoch or step it was saved at, which differ between seeds; both are left
+    out so that the best checkpoints of several seeds pool, apart from their last ones.
+    """
+    return re.sub(r"\d+", "N", Path(str(path)).stem)
+
+
+def _evaluation_settings(results: Mapping) -> dict[str, str]:
+    """What makes an ``msslab-eval`` result a variant of its own (``{}`` for a training run).
+
+    ``split`` (the songs scored), ``ckpt`` (:func:`_checkpoint_kind`) and every override the
+    evaluation command set, as ``eval.<key>`` (a separation setting tried on a checkpoint
+    is not the setting it was trained with).
+    """
+    if not any(key in results for key in ("split", "eval_overrides", "ckpt")):
+        return {}
+    from ..runs import NOT_COMPARED
+
+    settings = {"split": _canonical(results.get("split") or "test")}
+    if results.get("ckpt"):
+        settings["ckpt"] = _checkpoint_kind(results["ckpt"])
+    for key, value in parse_overrides(results.get("eval_overrides") or []).items():
+        bare = key.lstrip("~")
+        if bare in ("split", "ckpt") or bare.startswith("hydra") or bare.split(".")[0] in NOT_COMPARED:
+            continue
+        settings[("~" if key.startswith("~") else "") + "eval." + bare] = value
+    return settings
+
+
 # ---------------------------------------------------------------------------
 # scores
 
@@ -238,7 +280,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             choices = hydra_choices if choices is None else choices
             overrides = hydra_overrides if overrides is None else overrides
 
-    settings = _settings(choices, overrides)
+    settings = _settings(choices, overrides) | _evaluation_settings(results)
     seed = results.get("seed", settings.get("seed"))
     sources = _scores(results.get("sources"))
     raw_tracks = results.get("tracks")
@@ -262,6 +304,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "error": error,
         "run_id": str(results.get("run_id") or run_dir.name),
         "seed": "" if seed is None else str(seed),  # "" = unknown: pandas keeps it a plain string
+        "split": settings.get("split", "test"),
         "settings": settings,
         "sources": sources,
         "tracks": tracks,
@@ -352,7 +395,23 @@ def load_runs(
     names = name_variants([r["settings"] for r in rows], pool_over)
     for row, name in zip(rows, names):
         row["variant"] = name
+    _warn_repeated_seeds(rows)
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _warn_repeated_seeds(rows: Sequence[Mapping]) -> None:
+    # Two completed runs of one variant with one seed (the same checkpoint evaluated twice,
+    # two copies of a run): the paired tests average them into one pair, so say so.
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        if row["status"] != "completed" or not row["seed"]:
+            continue
+        key = (row["variant"], row["seed"])
+        if key in seen:
+            log.warning("runs %s and %s are one variant (%s) with one seed (%s): their scores are averaged "
+                        "in the paired tests", seen[key], row["run"], row["variant"], row["seed"])
+        else:
+            seen[key] = row["run"]
 
 
 def track_scores(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:

@@ -9,8 +9,9 @@ range over tracks x seeds, and the standard deviation of the per-seed medians.
 from __future__ import annotations
 
 import inspect
+import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -97,10 +98,20 @@ class PairedResult:
     ci_low: float  # bootstrap: confidence interval of the median difference; wilcoxon: NaN
     ci_high: float
     significant: bool
-    verdict: str  # "significant", "not significant", or "no pairs"
+    verdict: str  # "significant", "not significant", "too few pairs" (bootstrap), or "no pairs"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def min_pairs(alpha: float) -> int:
+    """Fewest pairs at which unanimous signs are not a coin's: ``2 ** (1 - n) < alpha`` (6 at 0.05).
+
+    Below it, even differences that all share a sign are what chance gives with probability
+    ``alpha`` or more (two-sided sign test), yet a percentile bootstrap interval of their
+    median excludes 0 whenever they share one (down to a single pair).
+    """
+    return int(math.floor(1 - math.log2(alpha))) + 1
 
 
 def _bootstrap_kwargs(seed: int) -> dict:
@@ -123,7 +134,9 @@ def paired_test(
     ``method``: ``"wilcoxon"`` (signed-rank test; significant when p < alpha)
     or ``"bootstrap"`` (percentile confidence interval of the median paired
     difference at level 1 - alpha, resampling pairs; significant when it
-    excludes 0; seeded, so reports are reproducible). Identical inputs give
+    excludes 0; seeded, so reports are reproducible). The bootstrap needs
+    :func:`min_pairs` pairs (6 at alpha 0.05); with fewer its interval is still given,
+    the verdict is ``too few pairs`` and never significant. Identical inputs give
     p = 1 / a zero-width interval at 0, never an exception.
     """
     if method not in TESTS:
@@ -159,6 +172,8 @@ def paired_test(
             ).confidence_interval
             ci_low, ci_high = float(ci.low), float(ci.high)
         significant = bool(ci_low > 0 or ci_high < 0)
+        if n < min_pairs(alpha):
+            return PairedResult(method, n, median_diff, mean_diff, p_value, ci_low, ci_high, False, "too few pairs")
     return PairedResult(
         method,
         n,
@@ -231,11 +246,14 @@ def compare_to_baseline(
     method: str = "wilcoxon",
     alpha: float = 0.05,
     correction: str = "none",
+    splits: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Paired test of every other variant against ``baseline``, per source and metric.
 
     Pairs are (track, seed) found in both variants; when the two share no seed,
     per-track means over seeds are paired instead (``paired_on`` says which).
+    ``splits``: variant -> the songs it scored (``test``, ``valid``); a variant scored on
+    other songs than the baseline is not paired with it (verdict ``other split``).
     ``correction``: ``"none"`` or ``"holm"`` (Holm-Bonferroni over all rows;
     the verdict then uses the adjusted p-value). Columns: variant, source,
     metric, baseline_median, variant_median, paired_on, then
@@ -251,11 +269,19 @@ def compare_to_baseline(
         if variant == baseline:
             continue
         mine = scores[scores["variant"] == variant]
+        other_split = splits is not None and splits.get(variant) != splits.get(baseline)
         for source in ordered(scores["source"]):
             for metric in metrics:
                 pick = lambda f: f[(f["source"] == source) & (f["metric"] == metric)]  # noqa: E731
                 x, y = pick(mine), pick(base)
                 if not len(x) or not len(y):
+                    continue
+                if other_split:  # other songs: a track name may repeat, the song does not
+                    rows.append({"variant": variant, "source": source, "metric": metric,
+                                 "baseline_median": float(y["value"].median()),
+                                 "variant_median": float(x["value"].median()), "paired_on": "",
+                                 "method": method, "n": 0, "significant": False,
+                                 "verdict": f"other split ({splits.get(variant)} vs {splits.get(baseline)})"})
                     continue
                 keys = ["track", "seed"]
                 if not set(x["seed"].astype(str)) & set(y["seed"].astype(str)):
@@ -281,7 +307,7 @@ def compare_to_baseline(
         if correction == "holm" and method == "wilcoxon":
             table["significant"] = table["p_holm"] < alpha
             table["verdict"] = np.where(
-                table["p_value"].isna(), "no pairs", np.where(table["significant"], "significant", "not significant")
+                table["p_value"].isna(), table["verdict"], np.where(table["significant"], "significant", "not significant")
             )
         table["better"] = table["median_diff"] > 0
     return table
