@@ -32,11 +32,12 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from msslab import CONFIG_DIR
+
+CONF = str(CONFIG_DIR)
 EACH = ["gain", "channel_swap", "time_stretch", "pitch_shift", "reverb", "background_noise"]
 
 

@@ -36,12 +36,13 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from msslab import CONFIG_DIR
 from msslab.inference import SeparationSettings, separate
 from msslab.metric import bsseval
 from msslab.system import build_system
 from msslab.train import train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 UMX_PRESET = ("trainer=gpu model=umx data.sample_rate=44100 stft.n_fft=4096 stft.hop_length=1024 stft.max_freq=16000 "
               "data.chunk_seconds=6")
 TINY_PRESET = "experiment=smoke"

@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from msslab import CONFIG_DIR
 from msslab.inference import SeparationSettings, separate
 from msslab.metric import bsseval
 from msslab.system import build_system
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 
 
 def compose_cfg(overrides):

@@ -40,11 +40,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from machine import describe
+from msslab import CONFIG_DIR
 from msslab.evaluate import evaluate_system
 from msslab.schedule import CLOCKS
 from msslab.system import build_system
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 SIDES = ("msslab", "umx", "baselines")
 
 

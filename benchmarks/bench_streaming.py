@@ -20,16 +20,16 @@ import math
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from msslab import CONFIG_DIR
 from msslab.streaming import Streamer
 from msslab.system import build_system
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 TARGETS = ["vocals", "drums", "bass", "other"]
 PRESETS = {  # name: overrides of the train config
     "lstm": ["model=lstm"],

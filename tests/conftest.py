@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from msslab import CONFIG_DIR  # imports nothing heavy (no wandb, matplotlib or torch)
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = CONFIG_DIR
 SMOKE_TIMEOUT_S = 600
 
 # Before anything imports wandb or matplotlib, and inherited by every subprocess.

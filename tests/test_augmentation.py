@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy.signal import find_peaks, welch
 
+from msslab import CONFIG_DIR
 from msslab.augmentation import AVAILABLE, AugmentationError, build_pipeline, check_overrides
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 SR = 16000
 NAMES = ["gain", "channel_swap", "time_stretch", "pitch_shift", "reverb", "background_noise"]
 

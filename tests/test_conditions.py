@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from msslab import CONFIG_DIR
 from msslab.conditions import ConditionError, build_conditions
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 SR = 16000
 ALL = ["clean", "reverb", "noise", "pitch", "tempo", "field"]
 

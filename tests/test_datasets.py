@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from msslab import CONFIG_DIR
 from msslab.data import DataError, MSSDataModule
 from msslab.data import audio as audio_module
 from msslab.data.filetracks import official_validation_tracks
@@ -29,7 +30,7 @@ from msslab.data.synthetic import generate_track
 
 MUSDB_SOURCES = ["vocals", "drums", "bass", "other"]
 OFFICIAL = official_validation_tracks()
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = CONFIG_DIR
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 needs_ffmpeg = pytest.mark.skipif(not HAVE_FFMPEG, reason="ffmpeg/ffprobe not on PATH (the project's setup installs it)")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +9,13 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from msslab import CONFIG_DIR
 from msslab.model import RNNSeparator
 from msslab.system import build_system
 
 VARIANTS = {"lstm": (nn.LSTM, False), "gru": (nn.GRU, False), "blstm": (nn.LSTM, True), "bgru": (nn.GRU, True)}
 SOURCES = ["vocals", "drums", "bass", "other"]
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = CONFIG_DIR
 
 
 def mixture(batch: int, channels: int, samples: int, seed: int = 0) -> torch.Tensor:

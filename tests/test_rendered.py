@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
+from msslab import CONFIG_DIR
 from msslab.data import DataError
 from msslab.data.rendered import DRUM_CHANNEL, SOURCES, RenderSpec, Song, render_song
 from msslab.system import build_system
@@ -41,7 +42,7 @@ def rendered(tmp_path_factory):
     if shutil.which("fluidsynth") is None or not Path(SOUNDFONT).is_file():
         pytest.skip("fluidsynth or the GM soundfont is not installed (bash scripts/setup.sh installs both)")
     base = tmp_path_factory.mktemp("rendered")
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*OVERRIDES, f"data.cache_dir={base / 'cache'}", f"paths.output_dir={base}"])
     datamodule = instantiate(cfg.data, augmentation=None)
     datamodule.setup("fit")

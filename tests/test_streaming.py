@@ -8,7 +8,6 @@ impulse test uses to see the delay.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,11 @@ import torch
 import torchaudio.functional as AF
 from hydra import compose, initialize_config_dir
 
+from msslab import CONFIG_DIR
 from msslab.streaming import Streamer, StreamingError
 from msslab.system import build_system
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = CONFIG_DIR
 TARGETS = ["vocals", "drums", "bass"]
 RATE = 8000
 TINY = ["logger=none", "paths.output_dir=unused", f"data.sample_rate={RATE}", "stft.n_fft=64", "stft.hop_length=16",

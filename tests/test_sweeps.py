@@ -23,8 +23,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from msslab import CONFIG_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = CONFIG_DIR
 PAPER_FOUR = ["time_stretch", "pitch_shift", "background_noise", "reverb"]
 
 # Smaller than experiment=smoke: a sweep job here trains for a second and evaluates for a few.

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from msslab.report import CompareError, compare_runs
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+from . import CONFIG_DIR
+from .report import CompareError, compare_runs
 log = logging.getLogger("msslab.compare")
 
 # Hydra flags that take the next argument as their value

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from . import CONFIG_DIR
 from .allocator import keep_freed_memory
 from .errors import MsslabError, exit_on_user_error
 from .inference import SeparationSettings, resolve_device, separate
@@ -23,7 +24,7 @@ from .metric import bsseval
 from .results import results_table, run_identity, write_results
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(CONFIG_DIR)
 
 
 def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None,

@@ -2,7 +2,7 @@
 
 ``msslab-search experiment=search [overrides] ['key=choice(...)' ...]`` composes the same
 train config as ``msslab-train``; the study settings and search space are its ``search``
-node (experiments/search.yaml), and sweep overrides on the command line add parameters
+node (conf/experiment/search.yaml), and sweep overrides on the command line add parameters
 (``choice``, ``interval``, ``range``, ``tag(log, ...)``: the Optuna sweeper's syntax).
 
 Why not the Hydra Optuna sweeper: it hands jobs no trial, so they cannot report
