@@ -81,11 +81,11 @@ def run_targets(conf_dir: str) -> frozenset[str]:
     return checkpoint_targets() | found | set(_RECIPE_TARGETS)
 
 
-def check_config(node, allowed: frozenset[str] | None, prefix: str = "") -> None:
+def check_config(node, allowed: frozenset[str] | None, prefix: str = "", interpolations: bool = False) -> None:
     """Raise :class:`UnsafeConfigError` naming the first key whose value could make Hydra call
     something outside ``allowed`` (None: a part never instantiated, whose targets are not
-    checked); ``node`` must be plain data (dicts, lists, scalars) without interpolations.
-    Calls nothing."""
+    checked); ``node`` must be plain data (dicts, lists, scalars) without interpolations
+    (``interpolations``: allowed, for a command's overrides; a target is never one). Calls nothing."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
@@ -99,11 +99,11 @@ def check_config(node, allowed: frozenset[str] | None, prefix: str = "") -> None
                     raise UnsafeConfigError(f"{path}={value!r} is not allowed: it must be one of {list(_FLAGS[key])}")
             elif key == "_args_" and not isinstance(value, list):
                 raise UnsafeConfigError(f"{path}: must be a list, got {type(value).__name__}")
-            check_config(value, allowed, path)
+            check_config(value, allowed, path, interpolations)
     elif isinstance(node, (list, tuple)):
         for index, value in enumerate(node):
-            check_config(value, allowed, f"{prefix}[{index}]")
-    elif isinstance(node, str) and "${" in node:
+            check_config(value, allowed, f"{prefix}[{index}]", interpolations)
+    elif isinstance(node, str) and "${" in node and not interpolations:
         raise UnsafeConfigError(f"{prefix}={node!r} is not allowed: a stored config holds no interpolations "
                                 f"(it is stored resolved; a resolver could run code)")
     elif not (node is None or isinstance(node, (str, int, float, bool))):
