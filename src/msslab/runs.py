@@ -121,6 +121,9 @@ def restore_hydra_files(run_dir: Path) -> None:
     saved = run_dir / STATE_DIR / "hydra"
     if saved.is_dir():
         (run_dir / ".hydra").mkdir(exist_ok=True)
+        for path in (run_dir / ".hydra").glob("*.yaml"):  # exactly the first start's files, none of this command's
+            if not (saved / path.name).exists():
+                path.unlink()
         for path in saved.iterdir():
             shutil.copy2(path, run_dir / ".hydra" / path.name)
 

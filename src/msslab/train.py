@@ -203,6 +203,13 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                       error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return float("nan")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or SIGTERM (SLURM): Lightning ends the fit and exits. Not final: resume=auto continues it.
+        if rank_zero_only.rank == 0:
+            write_results(run_dir, status="killed", **run_identity(cfg), error=f"{type(exc).__name__}: {exc}",
+                          stop_reason="killed", stopped_after_seconds=time.perf_counter() - start,
+                          resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+        raise
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
