@@ -204,3 +204,27 @@ def test_a_run_that_stopped_early_and_crashed_in_evaluation_trains_no_more(compo
     results = _results(tmp_path)
     assert results["status"] == "completed" and results["global_step"] == stopped_at, (results["global_step"], stopped_at)
     assert results["steps_this_process"] == 0 and results["stop_reason"] == "early_stopping"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+callbacks.evil={_target_:builtins.open,file:precious.txt,mode:w}", "callbacks.evil._target_"),
+    ("optimizer._target_=torch.load", "optimizer._target_"),
+    ("+callbacks.x={_target_:torch.optim.Adam,_args_:[{_target_:os.system,_args_:[id]}]}", "callbacks.x._args_[0]._target_"),
+])
+def test_resume_from_a_run_directory_refuses_stored_overrides_that_build_other_targets(tmp_path, override, key):
+    """``resume=<run dir>`` turns the directory's stored overrides into the command's: they are data from
+    a file, so only the shipped configs' targets may be built from them."""
+    from msslab.errors import MsslabError
+    from msslab.runs import STATE_DIR, resume_arguments
+
+    (tmp_path / STATE_DIR / "hydra").mkdir(parents=True)
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- model=gru\n- '{override}'\n")
+    with pytest.raises(MsslabError) as info:
+        resume_arguments([f"resume={tmp_path}"])
+    assert f"{key}=" in str(info.value) and "overrides.yaml" in str(info.value), str(info.value)
+    # the README's weight-average recipe is the user's own and stays allowed; so is a given override
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- model=gru\n- '{EMA}'\n")
+    assert resume_arguments([f"resume={tmp_path}"])[:2] == ["model=gru", EMA]
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- '{override}'\n")
+    given = override.lstrip("+")
+    assert resume_arguments([f"resume={tmp_path}", given]) == [f"resume={tmp_path}", given, f"hydra.run.dir={tmp_path}"]
