@@ -49,10 +49,15 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
     assert resumed.returncode == 0, resumed.tail()
     results = _results(run_dir)
     assert results["status"] == "completed", results.get("error")
-    # As many epochs and steps as an uninterrupted run: it continued, it did not restart.
+    # As many epochs and steps as an uninterrupted run, and the resumed process itself trained only
+    # the steps after its checkpoint: it continued, it did not restart (a restart from scratch
+    # also ends at 2 epochs and 40 steps, and the resume history is written before fit).
     assert results["epochs"] == 2 and results["global_step"] == 2 * 20
     [history] = results["resumes"]
     assert history["checkpoint"] == "step.ckpt" and history["epoch"] == 0 and 3 <= history["global_step"] < 20
+    checkpoint_step = history["global_step"]
+    assert results["steps_this_process"] == 2 * 20 - checkpoint_step, (results["steps_this_process"], checkpoint_step)
+    assert results["stop_reason"] == "max_epochs"
     assert results["overrides"][: len(KILLABLE)] == KILLABLE
     # One W&B run, continued: both processes logged under the run id kept in the run directory.
     run_id = (run_dir / ".msslab" / "wandb_id").read_text().strip()
@@ -132,3 +137,94 @@ def test_the_weight_average_is_what_checkpoints_and_the_test_use(compose_train, 
     system = load_checkpoint(results["best_checkpoint"])
     assert all(torch.equal(value, average[key]) for key, value in system.state_dict().items())
     assert results["status"] == "completed"
+
+
+def test_an_old_run_without_its_stored_config_refuses_a_changed_one(cli, compose_train, tmp_path):
+    """A run from before msslab kept .msslab/config.yaml: its own .hydra/config.yaml is compared,
+    and the refused command leaves that run's .hydra/ as it was."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "old-run"
+    cfg = compose_train([*KILLABLE, "model.hidden_size=48"], run_dir)
+    OmegaConf.update(cfg, "paths.output_dir", "${hydra:runtime.output_dir}")  # as Hydra stored it
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model.hidden_size=48\n")
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an old run's checkpoint")
+    before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+
+    result = cli.run("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}", "resume=auto", timeout=LONG)
+    assert result.returncode != 0 and "resume refused" in result.output, result.tail()
+    assert "model.hidden_size: 48 -> 32" in result.output and "Traceback" not in result.output, result.tail()
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
+    assert not (run_dir / "results.json").exists() and not (run_dir / ".msslab" / "config.yaml").exists()
+
+
+def test_an_old_run_with_the_same_config_resumes_and_one_without_any_is_refused(compose_train, tmp_path):
+    from omegaconf import OmegaConf
+
+    from msslab.errors import MsslabError
+    from msslab.runs import STATE_DIR, prepare
+
+    cfg = compose_train(TINY, tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an old run's checkpoint")
+    with pytest.raises(MsslabError, match="without its config"):
+        prepare(tmp_path, cfg, "auto")
+    (tmp_path / STATE_DIR / "hydra").mkdir(parents=True)  # as preserve_hydra_files saved the old .hydra
+    (tmp_path / STATE_DIR / "hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    plan = prepare(tmp_path, cfg, "auto")
+    assert plan == {"skip": None, "checkpoint": tmp_path / "checkpoints" / "last.ckpt"}
+    assert OmegaConf.load(tmp_path / STATE_DIR / "config.yaml") == cfg  # adopted: later resumes compare with it
+
+
+def test_a_run_that_stopped_early_and_crashed_in_evaluation_trains_no_more(compose_train, tmp_path, monkeypatch):
+    """Early stopping had ended the fit; the evaluation after it crashed. The rerun evaluates
+    the same model: Lightning does not restore ``should_stop``, msslab's checkpoint does."""
+    import torch
+
+    import msslab.train
+
+    # patience 1 and an unreachable min_delta: early stopping ends the fit after the second epoch
+    stopping = [*TINY, "logger=none", "trainer.max_epochs=20", "callbacks.early_stopping.patience=1",
+                "+callbacks.early_stopping.min_delta=1000"]
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory in the evaluation")
+
+    monkeypatch.setattr(msslab.train, "evaluate_conditions", crash)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        msslab.train.run(compose_train(stopping, tmp_path))
+    assert _results(tmp_path)["status"] == "failed"
+    stopped_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    monkeypatch.undo()
+
+    msslab.train.run(compose_train([*stopping, "resume=auto", "rerun_failed=true"], tmp_path))
+    results = _results(tmp_path)
+    assert results["status"] == "completed" and results["global_step"] == stopped_at, (results["global_step"], stopped_at)
+    assert results["steps_this_process"] == 0 and results["stop_reason"] == "early_stopping"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+callbacks.evil={_target_:builtins.open,file:precious.txt,mode:w}", "callbacks.evil._target_"),
+    ("optimizer._target_=torch.load", "optimizer._target_"),
+    ("+callbacks.x={_target_:torch.optim.Adam,_args_:[{_target_:os.system,_args_:[id]}]}", "callbacks.x._args_[0]._target_"),
+])
+def test_resume_from_a_run_directory_refuses_stored_overrides_that_build_other_targets(tmp_path, override, key):
+    """``resume=<run dir>`` turns the directory's stored overrides into the command's: they are data from
+    a file, so only the shipped configs' targets may be built from them."""
+    from msslab.errors import MsslabError
+    from msslab.runs import STATE_DIR, resume_arguments
+
+    (tmp_path / STATE_DIR / "hydra").mkdir(parents=True)
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- model=gru\n- '{override}'\n")
+    with pytest.raises(MsslabError) as info:
+        resume_arguments([f"resume={tmp_path}"])
+    assert f"{key}=" in str(info.value) and "overrides.yaml" in str(info.value), str(info.value)
+    # the README's weight-average recipe is the user's own and stays allowed; so is a given override
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- model=gru\n- '{EMA}'\n")
+    assert resume_arguments([f"resume={tmp_path}"])[:2] == ["model=gru", EMA]
+    (tmp_path / STATE_DIR / "hydra" / "overrides.yaml").write_text(f"- '{override}'\n")
+    given = override.lstrip("+")
+    assert resume_arguments([f"resume={tmp_path}", given]) == [f"resume={tmp_path}", given, f"hydra.run.dir={tmp_path}"]

@@ -28,10 +28,10 @@ class RecordLR(pl.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def _fit(compose_train, tmp_path, overrides):
+def _fit(compose_train, tmp_path, overrides, recorder=None):
     import msslab.train
 
-    recorder = RecordLR()
+    recorder = recorder or RecordLR()
     cfg = compose_train([*TINY, *overrides], tmp_path)
     original = msslab.train.instantiate
 
@@ -103,6 +103,7 @@ def test_learning_rate_anneals_over_the_epochs(compose_train, tmp_path):
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing, every step
     # linear in the steps done: the last batch runs at 1 - (1 - final) * (steps - 1) / steps
     assert lrs[-1] == pytest.approx(1e-3 * (1 - 0.9 * (steps - 1) / steps))
+    assert results["stop_reason"] == "max_epochs" and results["epochs"] == 2
 
 
 def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
@@ -112,6 +113,23 @@ def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
     # max_epochs=1000 alone would barely move the rate: the budget drives it down to near 0
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.25e-3
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # results.json says what ended training, and after how long (wall seconds >= the 3 CPU seconds)
+    assert results["stop_reason"] == "budget" and results["stopped_after_seconds"] >= 3.0
+    assert results["steps_this_process"] == results["global_step"]
+
+
+# patience 1 and an unreachable min_delta: early stopping would end the fit after the second epoch
+STOPS_EARLY = ["callbacks.early_stopping.patience=1", "+callbacks.early_stopping.min_delta=1000"]
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_budgeted_run_trains_its_budget_unless_early_stopping_is_asked_for(compose_train, tmp_path, early_stopping):
+    _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu",
+                                                *STOPS_EARLY, f"budget.early_stopping={str(early_stopping).lower()}"])
+    if early_stopping:
+        assert results["stop_reason"] == "early_stopping" and results["epochs"] == 2, results
+    else:
+        assert results["stop_reason"] == "budget" and results["epochs"] > 2, results
 
 
 @pytest.mark.parametrize("override, message", [
@@ -124,3 +142,20 @@ def test_bad_settings_name_their_key(cli, tmp_path, override, message):
     result = cli.run("msslab-train", *TINY, *budget, override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0 and f"error: {message}" in result.output, result.tail()
     assert "Traceback" not in result.output
+
+
+class CtrlC(RecordLR):
+    """Presses Ctrl-C after the third training step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_run_says_so_and_resumes(compose_train, tmp_path):
+    with pytest.raises(SystemExit):  # Lightning catches the interrupt and exits
+        _fit(compose_train, tmp_path, ["trainer.max_epochs=3"], recorder=CtrlC())
+    killed = json.loads((tmp_path / "results.json").read_text())
+    assert killed["status"] == "killed" and killed["stop_reason"] == "killed" and killed["stopped_after_seconds"] > 0
+    _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=3", "resume=auto"])  # not final: it continues
+    assert results["status"] == "completed" and results["stop_reason"] == "max_epochs" and len(results["resumes"]) == 1

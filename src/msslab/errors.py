@@ -29,3 +29,7 @@ def exit_on_user_error(task):
             raise SystemExit(f"error: {exc}") from None
 
     return wrapper
+
+
+class UnsafeConfigError(MsslabError):
+    """A config read from a file names something to call that msslab does not allow (``msslab.trust``)."""

@@ -3,7 +3,10 @@
 Shape (see DESIGN.md): ``status``, ``run_id``, ``choices``, ``overrides``, ``seed``,
 ``sources`` ({target: {SDR, SIR, SAR, ISR}}, medians over frames then tracks, dB),
 ``tracks`` ({track: {target: {metric: dB}}}, per-track medians), ``train_seconds``,
-``eval_seconds``, and ``error`` for a failed run. An evaluation of a checkpoint
+``eval_seconds``, and ``error`` for a failed run. A training run adds ``stop_reason``
+(``budget``, ``max_epochs``, ``max_steps``, ``early_stopping``, ``killed``: what ended the
+fit), ``stopped_after_seconds`` (wall seconds of fitting, resumed processes included)
+and ``steps_this_process`` (optimizer steps the last process trained itself). An evaluation of a checkpoint
 records the training run's ``choices``, ``seed`` and ``overrides`` (its identity) and
 adds ``eval_overrides``: what the evaluation command set (data, metric, separation, ...).
 """

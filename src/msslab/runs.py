@@ -121,8 +121,26 @@ def restore_hydra_files(run_dir: Path) -> None:
     saved = run_dir / STATE_DIR / "hydra"
     if saved.is_dir():
         (run_dir / ".hydra").mkdir(exist_ok=True)
+        for path in (run_dir / ".hydra").glob("*.yaml"):  # exactly the first start's files, none of this command's
+            if not (saved / path.name).exists():
+                path.unlink()
         for path in saved.iterdir():
             shutil.copy2(path, run_dir / ".hydra" / path.name)
+
+
+def preserve_hydra_files(run_dir: Path) -> None:
+    """Save the ``.hydra`` files of a run from before msslab kept its own copy (``.msslab/hydra``).
+
+    Called before Hydra starts, which writes the new command's ``.hydra`` over the old run's:
+    this copy is what :func:`prepare` compares with and what a refused command restores.
+    """
+    run_dir = Path(run_dir)
+    saved = run_dir / STATE_DIR / "hydra"
+    if (run_dir / STATE_DIR / "config.yaml").is_file() or saved.is_dir() or not (run_dir / ".hydra").is_dir():
+        return
+    saved.mkdir(parents=True)
+    for path in (run_dir / ".hydra").glob("*.yaml"):
+        shutil.copy2(path, saved / path.name)
 
 
 def _save_first_start(run_dir: Path, cfg: DictConfig) -> None:
@@ -155,15 +173,19 @@ def prepare(run_dir: Path, cfg: DictConfig, resume, rerun_failed: bool = False) 
     if resume is None:
         raise MsslabError(f"run directory {run_dir} holds a run already: continue it with resume=auto, "
                           f"or choose another hydra.run.dir")
-    if started:
-        old = OmegaConf.to_container(OmegaConf.load(run_dir / STATE_DIR / "config.yaml"), resolve=False)
-        differences = config_differences(old, OmegaConf.to_container(cfg, resolve=False))
-        if differences:
-            raise MsslabError(f"resume refused: the config differs from the run in {run_dir} "
-                              f"({STATE_DIR}/config.yaml) in {len(differences)} key(s):\n  " + "\n  ".join(differences))
-    else:
-        log.warning("%s has no %s/config.yaml (an older run): resuming without comparing configs", run_dir, STATE_DIR)
-        _save_first_start(run_dir, cfg)
+    # A run from before msslab kept its config: compare with its own .hydra/config.yaml, which
+    # preserve_hydra_files saved before Hydra wrote this command's over it.
+    stored = run_dir / STATE_DIR / ("config.yaml" if started else "hydra/config.yaml")
+    if not stored.is_file():
+        raise MsslabError(f"resume refused: {run_dir} holds a run without its config ({STATE_DIR}/config.yaml "
+                          f"or .hydra/config.yaml), so it cannot be checked to be the same run")
+    old = OmegaConf.to_container(OmegaConf.load(stored), resolve=False)
+    differences = config_differences(old, OmegaConf.to_container(cfg, resolve=False))
+    if differences:
+        raise MsslabError(f"resume refused: the config differs from the run in {run_dir} "
+                          f"({stored.relative_to(run_dir)}) in {len(differences)} key(s):\n  " + "\n  ".join(differences))
+    if not started:
+        atomic_write_text(run_dir / STATE_DIR / "config.yaml", OmegaConf.to_yaml(cfg))
     status = (results or {}).get("status")
     if status in FINAL_STATUSES or (status == "failed" and not rerun_failed):
         return {"skip": results, "checkpoint": None}
@@ -215,9 +237,46 @@ def resume_arguments(argv: list[str]) -> list[str]:
     given_keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
     original = [o for o in (yaml.safe_load(saved.read_text()) or [])
                 if o.split("=", 1)[0].lstrip("+~") not in given_keys | {"resume", "rerun_failed", "hydra.run.dir"}]
+    check_stored_overrides(original, saved)
     run_dir_given = "hydra.run.dir" in given_keys
     return [*original, *argv, *([] if run_dir_given else [f"hydra.run.dir={run_dir}"])]
 
 
 def is_finite(value) -> bool:
     return value is not None and math.isfinite(float(value))
+
+
+def check_stored_overrides(overrides: list[str], source: Path) -> None:
+    """Refuse a run directory's stored override that would make Hydra build something outside
+    the allow-list (``msslab.trust.run_targets``): the file is data, not the user's command.
+    The user may still give such an override on the command line, where it wins."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .errors import UnsafeConfigError
+    from .evaluate import CONF_DIR
+    from .trust import check_config, run_targets
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        if "_target_" not in str(text) and "_args_" not in str(text) and "_partial_" not in str(text):
+            continue  # group choices and plain values: nothing to build
+        try:
+            override = parser.parse_override(str(text))
+        except Exception as exc:
+            raise MsslabError(f"resume: {source}: cannot parse the override {text!r} ({exc})") from None
+        node = override.value()
+        for part in reversed(override.key_or_group.split(".")):
+            node = {part: node}
+        try:
+            check_config(_plain(node), run_targets(str(CONF_DIR)), interpolations=True)
+        except UnsafeConfigError as exc:
+            raise MsslabError(f"resume: {source}: {exc}; give it on the command line if you mean it") from None
+
+
+def _plain(node):
+    """Hydra's parsed override values (its own list and dict types, interpolations as str) as plain data."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node if node is None or isinstance(node, (bool, int, float)) else str(node)

@@ -41,6 +41,7 @@ class TrainingBudget(pl.Callback):
         self._before = 0.0  # spent by the runs this one resumes
         self._start: float | None = None
         self._fraction = 0.0  # as rank 0 last measured it
+        self.stopped = False  # this callback ended the fit
 
     def spent(self) -> float:
         """Seconds of the budget spent so far (this run and the ones it resumes)."""
@@ -59,7 +60,7 @@ class TrainingBudget(pl.Callback):
         fraction = float(trainer.strategy.broadcast(self.spent() / self.seconds, src=0))
         self._fraction = min(1.0, fraction)
         if fraction >= 1.0:
-            trainer.should_stop = True
+            trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict:
         return {"spent": self.spent(), "seconds": self.seconds, "clock": self.clock}
@@ -115,3 +116,71 @@ class AnnealedLR(torch.optim.lr_scheduler.LRScheduler):
 
     def state_dict(self) -> dict:
         return {k: v for k, v in super().state_dict().items() if k != "_progress"}
+
+
+STOP_REASONS = ("max_epochs", "max_steps", "budget", "early_stopping", "killed", "other")
+
+
+def stop_reason(trainer: pl.Trainer) -> str:
+    """Why ``fit`` ended: one of ``STOP_REASONS`` (``killed``: interrupted by a signal, e.g. Ctrl-C or
+    SLURM's SIGTERM, which Lightning catches and ends the fit normally)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    if trainer.interrupted:
+        return "killed"
+    if any(isinstance(c, TrainingBudget) and c.stopped for c in trainer.callbacks):
+        return "budget"
+    if any(isinstance(c, EarlyStopping) and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+           for c in trainer.callbacks):
+        return "early_stopping"
+    if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+        return "max_epochs"
+    return "other"
+
+
+class StopRecord(pl.Callback):
+    """Records why and when the fit stopped, and keeps a decided stop across a resume.
+
+    Lightning does not save ``trainer.should_stop``: a run whose early stopping (or budget)
+    had ended the fit, resumed after a crash in the evaluation that follows, trained on
+    (an epoch more, until early stopping decided again). The decision is saved in every
+    checkpoint and, resumed from one, the fit ends before its first step.
+
+    ``steps``: optimizer steps this process ran; ``seconds()``: wall seconds of fitting,
+    those of the runs it resumes included; ``reason``: set when the fit ends.
+    """
+
+    def __init__(self):
+        self.steps, self.reason = 0, None
+        self._before, self._start = 0.0, None
+        self._restored_stop: str | None = None  # the stop a checkpoint had decided
+        self._trainer = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._trainer = trainer
+
+    def seconds(self) -> float:
+        return self._before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+        if self._restored_stop:  # the fit it resumes had ended: train nothing more
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps += 1
+
+    def on_train_end(self, trainer, pl_module):
+        self.reason = self._restored_stop if self._restored_stop and self.steps == 0 else stop_reason(trainer)
+
+    def state_dict(self) -> dict:
+        trainer = self._trainer
+        stopping = trainer is not None and trainer.should_stop
+        return {"seconds": self.seconds(), "stop": (self._restored_stop or stop_reason(trainer)) if stopping else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = float(state_dict.get("seconds", 0.0))
+        self._restored_stop = state_dict.get("stop")

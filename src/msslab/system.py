@@ -157,6 +157,10 @@ def covers_mixture(sources: list[str], groups: dict[str, list[str]]) -> bool:
     return sorted(s for members in groups.values() for s in members) == sorted(sources)
 
 
+# The nodes of a config that build_system instantiates (load_checkpoint checks them first).
+INSTANTIATED = ("stft", "model", "loss", "optimizer", "scheduler")
+
+
 def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> SeparationSystem:
     """Build the LightningModule from a composed config (``stft``, ``model``, ``loss``, ...)."""
     from hydra.utils import instantiate
@@ -183,14 +187,18 @@ def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
 
     Only tensors and plain data are unpickled (``weights_only=True``): a checkpoint that
     needs more (pickled callables, custom classes) raises :class:`CheckpointError`
-    without running any of it.
+    without running any of it. The stored config is checked before anything is built
+    from it: a ``_target_`` outside msslab's own classes and torch's optimizers and
+    schedulers (``msslab.trust``), or an interpolation, raises :class:`CheckpointError`
+    naming the key, and nothing the file names is called.
     """
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    from .errors import CheckpointError
+    from .errors import CheckpointError, UnsafeConfigError
     from .results import stored_identity
+    from .trust import check_config, checkpoint_targets
 
     path = Path(path)
     if not path.is_file():
@@ -209,6 +217,16 @@ def load_checkpoint(path, map_location="cpu") -> SeparationSystem:
     config = checkpoint.get("msslab_config") if isinstance(checkpoint, dict) else None
     if not config or "state_dict" not in checkpoint:
         raise CheckpointError(f"ckpt: {path} was not written by msslab-train (it holds no msslab_config / state_dict)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"ckpt: {path}: its msslab_config is a {type(config).__name__}, not a mapping")
+    missing = [key for key in (*INSTANTIATED[:-1], "targets", "nb_channels", "residual") if key not in config]
+    if missing:
+        raise CheckpointError(f"ckpt: {path}: its msslab_config lacks {', '.join(missing)}")
+    try:  # the nodes built here against the allow-list; the rest (read, never built): plain data, no interpolation
+        check_config({key: config[key] for key in INSTANTIATED if key in config}, checkpoint_targets())
+        check_config({key: value for key, value in config.items() if key not in INSTANTIATED}, None)
+    except UnsafeConfigError as exc:
+        raise CheckpointError(f"ckpt: {path} refused, nothing in it was run: msslab_config.{exc}") from None
     # A checkpoint from before identities were stored: the run directory (run/checkpoints/x.ckpt) knows it.
     config["run"] = stored_identity(config, path.parent.parent)
     cfg = OmegaConf.create(config)

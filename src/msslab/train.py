@@ -26,9 +26,9 @@ from .errors import MsslabError
 from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table
 from .logger import build_loggers, log_test_results
 from .results import run_identity, write_results
-from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_arguments,
-                   resume_history)
-from .schedule import TrainingBudget
+from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, preserve_hydra_files, record_resume,
+                   resume_arguments, resume_history)
+from .schedule import StopRecord, TrainingBudget
 from .search import Pruned
 from .system import build_system, covers_mixture
 
@@ -63,9 +63,17 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     loggers = build_loggers(cfg.get("logger"), choices, run_dir)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"choices": choices})
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if (cfg.get("budget") or {}).get("minutes") is not None:
-        callbacks.append(TrainingBudget(cfg.budget.minutes, cfg.budget.get("clock", "wall")))
+    budget = cfg.get("budget") or {}
+    # A budget trains for its time (and scheduler=anneal decays over all of it): early stopping
+    # stays off unless budget.early_stopping=true asks for it.
+    keep = {name: node for name, node in (cfg.get("callbacks") or {}).items() if node is not None
+            and not (name == "early_stopping" and budget.get("minutes") is not None
+                     and not budget.get("early_stopping", False))}
+    callbacks = [instantiate(c) for c in keep.values()]
+    if budget.get("minutes") is not None:
+        callbacks.append(TrainingBudget(budget.minutes, budget.get("clock", "wall")))
+    stop = StopRecord()  # why and when fit stopped; keeps a decided stop over a resume
+    callbacks.append(stop)
     if (cfg.get("search") or {}).get("trial") is not None:
         from .search import pruning_callback
 
@@ -73,7 +81,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: a run directory's checkpoint is data, never code (Lightning's default depends on torch's)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.perf_counter() - start
     if not trainer.is_global_zero:  # DDP: the other processes only train; rank 0 evaluates and writes
         return None
@@ -93,6 +102,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
                   metric=results["metric"], conditions=results["conditions"], train_seconds=train_seconds,
                   eval_seconds=results["eval_seconds"], epochs=trainer.current_epoch,
                   global_step=trainer.global_step, resumes=resumes,
+                  stop_reason=stop.reason, stopped_after_seconds=stop.seconds(), steps_this_process=stop.steps,
                   best_checkpoint=best_path or None,
                   best_val=float(best_score) if best_score is not None else None,
                   val_metric=f"val/{cfg.metric.validation}",
@@ -193,6 +203,13 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                       error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return float("nan")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or SIGTERM (SLURM): Lightning ends the fit and exits. Not final: resume=auto continues it.
+        if rank_zero_only.rank == 0:
+            write_results(run_dir, status="killed", **run_identity(cfg), error=f"{type(exc).__name__}: {exc}",
+                          stop_reason="killed", stopped_after_seconds=time.perf_counter() - start,
+                          resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+        raise
     except Exception as exc:
         _finish_wandb(1)
         log.error("run failed: %s", exc)
@@ -248,7 +265,22 @@ def main():
         sys.argv[1:] = resume_arguments(sys.argv[1:])
     except MsslabError as exc:
         raise SystemExit(f"error: {exc}") from None
+    for run_dir in _given_run_dirs(sys.argv[1:]):
+        preserve_hydra_files(run_dir)  # before Hydra writes this command's .hydra over an older run's
     return _hydra_main()
+
+
+def _given_run_dirs(argv: list[str]) -> list[Path]:
+    """The existing run directories a command names: ``hydra.run.dir``, or in a sweep each job
+    folder of ``hydra.sweep.dir``."""
+    def value(key):
+        return next((a.split("=", 1)[1] for a in reversed(argv) if a.split("=", 1)[0].lstrip("+") == key), None)
+
+    if any(a in ("-m", "--multirun") for a in argv):
+        sweep = value("hydra.sweep.dir")
+        return [p for p in Path(sweep).iterdir() if p.is_dir()] if sweep and Path(sweep).is_dir() else []
+    run_dir = value("hydra.run.dir")
+    return [Path(run_dir)] if run_dir and Path(run_dir).is_dir() else []
 
 
 if __name__ == "__main__":
