@@ -57,6 +57,8 @@ def validation_median(run_dir, checkpoint) -> tuple[float, float]:
             padded.nanmedian(0).values.mean().item())
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_ddp_on_two_cpu_processes_writes_one_run(cli, tmp_path):
     run_dir = tmp_path / "run"
     # Three validation chunks on two processes: the sampler pads the second with the first chunk,

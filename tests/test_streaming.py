@@ -164,6 +164,8 @@ def test_separate_refuses_a_bidirectional_checkpoint(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_separate_streaming_writes_the_offline_separation(cli, tmp_path):
     """Stereo at another rate (resampled in blocks both ways) and mono at the model's rate, odd lengths."""
     causal = save_checkpoint(tiny_system("lstm"), tmp_path / "causal.ckpt")
