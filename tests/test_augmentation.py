@@ -363,23 +363,39 @@ def test_gain_and_channel_swap():
 # ---------------------------------------------------------------- through the data module
 
 def test_data_module_augments_training_only():
+    """Training examples differ from those of the same data module without augmentation (same
+    seed, so the same chunks: time_stretch only slows down here, which loads no extra samples);
+    validation chunks are identical and clean."""
     from msslab.data import MSSDataModule
     from msslab.data.synthetic import SyntheticTracks
 
     def tracks(split, seed):
-        return SyntheticTracks(nb_tracks=2, seconds=3.0, sample_rate=8000, seed=seed, split=split)
+        return SyntheticTracks(nb_tracks=2, seconds=3.0, sample_rate=8000, seed=seed, split=split, cache_dir=False)
+
+    def data_module(augmentation):
+        dm = MSSDataModule(tracks("train", 1), tracks("valid", 2), tracks("test", 3), sample_rate=8000,
+                           targets=["vocals", "accompaniment"], chunk_seconds=1.0, samples_per_track=2,
+                           valid_chunk_seconds=1.0, num_workers=0, seed=0, augmentation=augmentation)
+        dm.setup("fit")
+        return dm
 
     node = OmegaConf.merge(config("all", "gain", "channel_swap"),
                            {n: {"p": 1.0} for n in ["time_stretch", "pitch_shift", "reverb", "gain", "channel_swap"]},
-                           {"background_noise": {"p": 0.0}})
-    dm = MSSDataModule(tracks("train", 1), tracks("valid", 2), tracks("test", 3), sample_rate=8000,
-                       targets=["vocals", "accompaniment"], chunk_seconds=1.0, samples_per_track=2,
-                       valid_chunk_seconds=1.0, num_workers=0, seed=0, augmentation=node)
-    dm.setup("fit")
-    mixture, targets = dm.train_set[0]
-    assert mixture.shape == (2, 8000) and targets.shape == (2, 2, 8000)
-    np.testing.assert_allclose(mixture.numpy(), targets.sum(0).numpy(), atol=1e-5)
-    clean = dm.valid_tracks.load(0, 0, 8000)
-    mixture, targets = dm.valid_set[0]
+                           {"background_noise": {"p": 0.0}, "time_stretch": {"rate": [0.8, 0.95]}})
+    augmented, plain = data_module(node), data_module(None)
+    assert augmented.train_set.load_frames == plain.train_set.load_frames == 8000
+    for item in range(len(plain.train_set)):
+        mixture, targets = augmented.train_set[item]
+        assert mixture.shape == (2, 8000) and targets.shape == (2, 2, 8000)
+        np.testing.assert_allclose(mixture.numpy(), targets.sum(0).numpy(), atol=1e-5)
+        _, clean_targets = plain.train_set[item]
+        for target, clean in zip(targets, clean_targets):  # every target of every example is changed
+            assert (target - clean).pow(2).mean() > 0.1 * clean.pow(2).mean(), item
+    assert len(augmented.valid_set) == len(plain.valid_set) == 6
+    for item in range(len(plain.valid_set)):
+        for a, b in zip(augmented.valid_set[item], plain.valid_set[item]):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    clean = augmented.valid_tracks.load(0, 0, 8000)
+    mixture, targets = augmented.valid_set[0]
     np.testing.assert_array_equal(targets[0].numpy(), clean["vocals"])
     np.testing.assert_allclose(mixture.numpy(), np.sum(list(clean.values()), axis=0), atol=1e-6)

@@ -6,7 +6,6 @@ MUSDB18 ``.stem.mp4`` tests use the one real excerpt that ``stempeg`` ships.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -448,15 +447,11 @@ def synthetic_hq_root(root: Path, sr: int = 22050) -> Path:
     return root
 
 
-def _datamodule_takes_dataset_keys() -> bool:
-    """The data node's dataset-level keys (root, on_bad_track, ...) reach MSSDataModule too."""
-    parameters = inspect.signature(MSSDataModule.__init__).parameters.values()
-    return any(p.kind is p.VAR_KEYWORD for p in parameters) or "root" in MSSDataModule.__init__.__code__.co_varnames
-
-
-@pytest.mark.skipif(not _datamodule_takes_dataset_keys(),
-                    reason="MSSDataModule does not accept the data node's dataset keys (root, on_bad_track, ...) yet")
+@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_experiment_on_musdb18hq_writes_results(tmp_path):
+    """``data=musdb18hq`` end to end: the data node's dataset keys (root, on_bad_track, ...) reach
+    the track sets through MSSDataModule; if they stop doing so, this fails (it is never skipped)."""
     root = synthetic_hq_root(tmp_path / "musdb18hq")
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")

@@ -206,3 +206,90 @@ def test_batched_stretch_gives_each_row_its_own_rate():
     steps = torch.tensor([1.0, 2 ** (3 / 12)], dtype=torch.float64)
     out = resample(x, steps, 8000)
     np.testing.assert_allclose(out[0], x[0, :, :8000], atol=1e-5)  # step 1 reads the samples themselves
+
+
+def test_device_draws_match_the_loader_at_the_default_settings():
+    """At the shipped ranges and p = 0.5, each stage applies as often and draws its values from
+    the same distribution in both placements. The loader's draws are read from what its stages
+    record (gain and channel swap: measured on the output); the device's from the parameters
+    the workers ship. 400 examples each; a fraction within 0.1 of the other (about 3 standard
+    deviations), values over the whole range and alike by a two-sample Kolmogorov-Smirnov test
+    (p > 0.001)."""
+    from audiomentations.augmentations.add_color_noise import NOISE_COLOR_DECAYS
+    from scipy.stats import ks_2samp
+
+    n, frames = 400, 1600
+    stages = {"level": ["gain", "channel_swap"], "rest": ["time_stretch", "pitch_shift", "reverb", "background_noise"]}
+    draws = {placement: {} for placement in PLACEMENTS}
+
+    def record(placement, key, value):
+        draws[placement].setdefault(key, []).append(value)
+
+    vocals = np.stack([np.sin(np.arange(frames) * 0.05), 0.5 * np.sin(np.arange(frames) * 0.05)]).astype(np.float32)
+    for names in stages.values():
+        pipeline = build_pipeline(config(*names), SR)
+        assert {n: dict(pipeline.stages)[n].p for n in names} == dict.fromkeys(names, 0.5)  # the shipped p
+        load = pipeline.input_frames(frames)
+        sources = {"vocals": np.pad(vocals, ((0, 0), (0, load - frames)), mode="wrap"), "drums": 0.3 * vocals[::-1]}
+        sources["drums"] = np.pad(sources["drums"], ((0, 0), (0, load - frames)), mode="wrap")
+        rng = np.random.default_rng(0)
+        for _ in range(n):
+            out, _ = pipeline(sources, rng, frames=frames)
+            drawn = pipeline.drawn()
+            if "gain" in names:
+                for name in SOURCES:
+                    record("loader", "gain_db", 20 * np.log10(np.linalg.norm(out[name]) / np.linalg.norm(sources[name])))
+                    left, right = np.linalg.norm(out[name], axis=-1)
+                    record("loader", "swap", float(left < right) if name == "vocals" else float(left > right))
+                continue
+            record("loader", "rate", drawn.get("time_stretch", {}).get("rate", 1.0))
+            record("loader", "semitones", drawn.get("pitch_shift", {}).get("num_semitones", 0.0))
+            record("loader", "wet", drawn.get("reverb", {}).get("wet_level", 0.0))
+            record("loader", "rt60", drawn.get("reverb", {}).get("rt60", np.nan))
+            noise = dict(pipeline.stages)["background_noise"].parameters
+            record("loader", "snr_db", noise.get("snr_db", np.inf))
+            record("loader", "decay_db", NOISE_COLOR_DECAYS[noise["color"]] if noise else np.nan)
+            record("loader", "nonstationary", float(noise["nonstationary"]) if noise else np.nan)
+        device = DeviceAugmentation(pipeline, frames)
+        reverb = dict(pipeline.stages).get("reverb")
+        rng = np.random.default_rng(1)
+        for _ in range(n):
+            if reverb is not None:
+                reverb.parameters = {}
+            params = device.draw(rng, (len(SOURCES), 2, load))
+            if "gain" in names:
+                for gain, swap in zip(params["gain"]["gain"], params["channel_swap"]["swap"]):
+                    record("device", "gain_db", 20 * np.log10(gain))
+                    record("device", "swap", float(swap))
+                continue
+            record("device", "rate", params["stretch"]["rate"][0])
+            record("device", "semitones", params["stretch"]["semitones"][0])
+            record("device", "wet", float(params["reverb"]["wet"]))
+            record("device", "rt60", reverb.parameters.get("rt60", np.nan))
+            noise = params["background_noise"]
+            applied = np.isfinite(noise["snr_db"])
+            record("device", "snr_db", float(noise["snr_db"]))
+            record("device", "decay_db", float(noise["decay_db"]) if applied else np.nan)
+            record("device", "nonstationary", float(noise["depth_db"] > 0) if applied else np.nan)
+
+    loader, device = ({k: np.asarray(v, np.float64) for k, v in draws[p].items()} for p in PLACEMENTS)
+    # (key, the value when not applied, the shipped range)
+    for key, neutral, (low, high) in [("gain_db", 0.0, (-6, 6)), ("rate", 1.0, (0.9, 1.1)),
+                                       ("semitones", 0.0, (-2, 2)), ("wet", 0.0, (0.1, 0.5)),
+                                       ("snr_db", np.inf, (10, 30))]:
+        applied = {p: d[key][d[key] != neutral] for p, d in (("loader", loader), ("device", device))}
+        for p, values in applied.items():
+            share = len(values) / len(loader[key])
+            assert abs(share - 0.5) < 0.1, (key, p, share)
+            # Inside the range and reaching both ends (200 uniform draws miss the outer 5 % with p < 1e-4).
+            margin = 0.05 * (high - low)
+            assert low <= values.min() < low + margin and high - margin < values.max() <= high, (key, p)
+        assert ks_2samp(applied["loader"], applied["device"]).pvalue > 1e-3, key
+    for key in ["rt60"]:  # drawn where the reverb applies
+        assert ks_2samp(loader[key][loader["wet"] > 0], device[key][device["wet"] > 0]).pvalue > 1e-3, key
+    for p, d in (("loader", loader), ("device", device)):
+        assert abs(d["swap"].mean() - 0.5) < 0.1, (p, d["swap"].mean())
+        applied = np.isfinite(d["snr_db"])
+        assert abs(np.mean(d["nonstationary"][applied]) - 0.3) < 0.1, p  # nonstationary_p
+        for decay in {NOISE_COLOR_DECAYS[c] for c in ["white", "pink", "brown"]}:  # each colour a third
+            assert abs(np.mean(np.isclose(d["decay_db"][applied], decay, atol=1e-3)) - 1 / 3) < 0.1, (p, decay)

@@ -17,6 +17,7 @@ import torchaudio.functional as AF
 from hydra import compose, initialize_config_dir
 
 from msslab import CONFIG_DIR
+from msslab.inference import SeparationSettings, separate
 from msslab.streaming import Streamer, StreamingError
 from msslab.system import build_system
 
@@ -61,8 +62,9 @@ def stream(streamer: Streamer, mixture: np.ndarray, block: int) -> np.ndarray:
 
 
 def offline(system, mixture: np.ndarray) -> np.ndarray:
+    """What ``msslab-separate`` gives offline: one chunk here, zero-extended to n_fft when shorter."""
     with torch.no_grad():
-        return system(torch.from_numpy(mixture)[None])[0].numpy()
+        return separate(system, torch.from_numpy(mixture), SeparationSettings()).numpy()
 
 
 @pytest.mark.parametrize("block, length", [(1, 300), (7, 2001), (16, 2001), (50, 2001), (333, 2001), (4000, 2001),
@@ -76,6 +78,23 @@ def test_stream_equals_offline(system, block, length):
     assert streamed.shape == (len(TARGETS), 2, length + latency)
     assert np.all(streamed[..., :latency] == 0)
     np.testing.assert_allclose(streamed[..., latency:], offline(system, mixture), atol=1e-4, rtol=0)
+
+
+def test_stream_equals_offline_separation_at_every_short_length(system):
+    """Every length up to two windows: the stream equals what ``msslab-separate`` gives offline
+    (``inference.separate``, which zero-extends inputs shorter than n_fft before its STFT).
+    Lengths between n_fft / 2 and n_fft are the ones the stream once reflected unextended."""
+    streamer = Streamer(system)
+    latency, n_fft = streamer.latency_samples, streamer.n_fft
+    rng = np.random.default_rng(9)
+    for length in range(1, 2 * n_fft + 2):
+        mixture = rng.standard_normal((2, length)).astype(np.float32)
+        expected = offline(system, mixture)
+        for block in sorted({1 + length // 3, length}):
+            streamed = stream(streamer, mixture, block)
+            assert streamed.shape == (len(TARGETS), 2, length + latency)
+            np.testing.assert_allclose(streamed[..., latency:], expected, atol=1e-4, rtol=0,
+                                       err_msg=f"length {length}, blocks of {block}")
 
 
 def test_state_carried_across_calls(system):
@@ -145,6 +164,8 @@ def test_separate_refuses_a_bidirectional_checkpoint(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_separate_streaming_writes_the_offline_separation(cli, tmp_path):
     """Stereo at another rate (resampled in blocks both ways) and mono at the model's rate, odd lengths."""
     causal = save_checkpoint(tiny_system("lstm"), tmp_path / "causal.ckpt")

@@ -7,7 +7,8 @@ piece) delayed by ``latency_samples``, for any block size:
 
 - framing: the offline STFT is centred with reflect padding. The stream builds the same
   padding: at the start once it holds ``n_fft // 2 + 1`` samples, at the end in ``flush``
-  (inputs too short to reflect are zero-extended to ``n_fft``, as offline separation does);
+  (inputs shorter than ``n_fft`` are zero-extended to ``n_fft`` first, as offline separation,
+  ``inference.separate``, does);
 - the RNN hidden state is carried from frame to frame (``RNNSeparator.step``); every other
   layer works frame by frame with statistics fixed at training time, so nothing looks at
   the future or at whole-signal statistics;
@@ -135,7 +136,8 @@ class Streamer:
         Of the type of the last block (numpy when none was given); the streamer is then ready for a new stream.
         """
         length = self._received
-        if length <= self.n_fft // 2:  # too short to reflect: zero-extended, as offline separation does
+        if length < self.n_fft:  # shorter than one window: zero-extended to n_fft, as offline separation does
+            # (frames already done only saw received samples, which the extension leaves alone)
             self._feed(torch.zeros(self.nb_channels, self.n_fft - length, device=self.system.device))
         # The offline STFT's reflect padding at the end: the samples before the last one, mirrored.
         half = self.n_fft // 2

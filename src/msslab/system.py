@@ -48,6 +48,8 @@ class SeparationSystem(pl.LightningModule):
         if hasattr(loss, "bind_targets"):
             loss.bind_targets(self.targets)
         self._val_scores: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._val_indices: list[torch.Tensor] = []  # the validation set index of each scored chunk
+        self._val_order: list[int] | None = None
 
     @property
     def needs_targets(self) -> bool:
@@ -118,6 +120,15 @@ class SeparationSystem(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
         return loss
 
+    def on_validation_epoch_start(self):
+        # The dataset index of each chunk this process will score, in the order its loader
+        # gives them. Under DDP, Lightning's DistributedSampler repeats chunks so that every
+        # process gets as many; these indices let the median count each chunk once.
+        loader = getattr(self.trainer, "val_dataloaders", None) if self._trainer is not None else None
+        sampler = getattr(loader, "sampler", None)
+        self._val_order = list(sampler) if sampler is not None and hasattr(sampler, "__iter__") else None
+        self._val_indices = []
+
     def validation_step(self, batch, batch_idx):
         # One pass gives both the loss and the estimates scored (plain masking, as in training).
         loss, estimates = self._step(batch, waveforms=True)
@@ -125,18 +136,28 @@ class SeparationSystem(pl.LightningModule):
         scores = FAST_METRICS[self.val_metric](estimates, batch[1])  # (B, S)
         for j, target in enumerate(self.targets):
             self._val_scores[target].append(scores[:, j].detach().cpu())
+        seen = sum(len(i) for i in self._val_indices)
+        order = self._val_order if self._val_order is not None else range(seen + len(scores))
+        self._val_indices.append(torch.as_tensor(order[seen: seen + len(scores)], dtype=torch.long))
 
     def on_validation_epoch_end(self):
         if not self._val_scores:
             return
-        # Under DDP each process scored its shard: the median is over every process's chunks.
-        medians = {t: self.all_gather(torch.cat(v).to(self.device)).flatten().nanmedian()
+        # Under DDP each process scored its shard: the median is over every process's chunks,
+        # each chunk once (the distributed sampler's padding repeats some on the last ranks).
+        indices = self.all_gather(torch.cat(self._val_indices).to(self.device)).flatten()
+        order = torch.argsort(indices, stable=True)
+        repeated = torch.zeros_like(order, dtype=torch.bool)
+        repeated[1:] = indices[order[1:]] == indices[order[:-1]]
+        first = order[~repeated]  # the first score of each chunk
+        medians = {t: self.all_gather(torch.cat(v).to(self.device)).flatten()[first].nanmedian()
                    for t, v in self._val_scores.items()}
         for target, value in medians.items():
             self.log(f"val/{self.val_metric}/{target}", value, sync_dist=True)  # equal on every process
         # The mean over targets is what checkpoints, early stopping and sweeps optimise.
         self.log(f"val/{self.val_metric}", torch.stack(list(medians.values())).mean(), prog_bar=True, sync_dist=True)
         self._val_scores.clear()
+        self._val_indices, self._val_order = [], None
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
