@@ -134,8 +134,11 @@ def test_exact_solver_is_rounding_noise_on_aac_stems_and_stable_solver_is_not(re
     """Oracle soft-mask estimates of the real excerpt: scaling both inputs by 1.1 moves museval's
     (and the exact solver's) SIR by tenths of a dB to dB; the stable solver's by < 0.1 dB."""
     refs, ests, rate = real_excerpt
-    scores = {(solver, scale): dict(zip(METRICS, bss_eval_v4(refs * scale, ests * scale, rate, rate, solver=solver)))
+    info = {}
+    scores = {(solver, scale): dict(zip(METRICS, bss_eval_v4(refs * scale, ests * scale, rate, rate, solver=solver,
+                                                             info=info)))
               for solver in ("exact", "stable") for scale in (1.0, 1.1)}
+    assert info["condition"] > ILL_CONDITIONED and info["ill_conditioned_windows"] == 3  # every window of the 3
     def moved(solver, metric):
         return np.abs(scores[solver, 1.0][metric] - scores[solver, 1.1][metric]).max()
 
@@ -169,7 +172,9 @@ def test_stable_solver_equals_museval_on_well_conditioned_data():
     refs = coloured(rng, (3, int(2.5 * sr), 2))
     ests = refs + 0.2 * refs[[1, 2, 0]] + 0.01 * rng.standard_normal(refs.shape)
     assert gram_condition(refs) < 1e8
-    reference, ours = both(refs, ests, sr, sr, solver="stable")
+    info = {}
+    reference, ours = both(refs, ests, sr, sr, solver="stable", info=info)
+    assert info["ill_conditioned_windows"] == 0 and info["condition"] < 1e8
     assert_agree(reference, ours, tolerance=0.01)
 
 

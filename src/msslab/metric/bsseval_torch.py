@@ -51,6 +51,9 @@ STABLE_LOADING = 1e-8
 # Above this condition number of G, museval's solve (G + eps I) is rounding noise at the 1e-4
 # level and more (eps * condition): its ISR/SIR/SAR depend on the scale of the inputs.
 ILL_CONDITIONED = 1e12
+# A window of such a track is ill-conditioned when its ISR, SIR or SAR under the two solvers
+# differ by more than this.
+SOLVE_SENSITIVITY_DB = 0.1
 _SEGMENT_FFT = 4096  # FFT size of the per-window projections (overlap-add segments of n - L + 1 samples)
 
 
@@ -73,8 +76,11 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
         solver: ``exact``: museval's ``G + eps I`` (its numbers, rounding noise in ISR/SIR/SAR
             where ``G`` is numerically singular); ``stable``: ``G + STABLE_LOADING diag(G)``, a
             Tikhonov term relative to each delayed reference's energy (scale-invariant).
-        info: a dict that receives ``"condition"``, an estimate of the Gram matrix's condition
-            number (``inf`` where it is not numerically positive definite).
+        info: a dict that receives ``"condition"``, an estimate of the condition number of
+            museval's ``G + eps I`` (``inf`` where it is not numerically positive definite), and
+            ``"ill_conditioned_windows"``: where that exceeds ``ILL_CONDITIONED``, the windows
+            (not silent) whose ISR, SIR or SAR under the exact and the stable solve differ by more
+            than ``SOLVE_SENSITIVITY_DB`` (both are computed then), else 0.
     Returns:
         ``(SDR, ISR, SIR, SAR)``, each a float64 numpy array ``(sources, windows)`` in dB
         (museval's order).
@@ -96,9 +102,7 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
 
     if solver not in SOLVERS:
         raise ValueError(f"metric.solver: unknown solver {solver!r}; choose one of {list(SOLVERS)}")
-    filters, own_filters, condition = _distortion_filters(refs, ests, filters_len, solver)
-    if info is not None:
-        info["condition"] = condition
+    filter_sets, condition = _distortion_filters(refs, ests, filters_len, solver)
     length = min(win, nsampl)  # every window has this length (the partial one is dropped)
     nwin = window_count(nsampl, win, hop)
     # Each window's projections are full convolutions (length + L - 1 samples) of its references
@@ -106,7 +110,7 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
     # `n_fft`: short FFTs make every per-frequency product a matmul of many segments at once.
     n_fft = _SEGMENT_FFT if length > _SEGMENT_FFT else _fast_size(length + filters_len - 1)
     segment = min(n_fft - filters_len + 1, length)
-    transfer = _transfer_functions(filters, own_filters, n_fft)
+    transfers = [_transfer_functions(filters, own, n_fft) for filters, own in filter_sets]
 
     if block_bytes is None:
         block_bytes = (2 << 30) if refs.device.type == "cuda" else (64 << 20)
@@ -117,11 +121,14 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
     # (T, S, C, length) views, no copy
     ref_windows = refs.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
     est_windows = ests.unfold(-1, length, hop)[:, :, :nwin].permute(2, 0, 1, 3)
-    out = torch.empty(4, nsrc, nwin, dtype=torch.float64, device=refs.device)
+    # the solver's scores, then (ill-conditioned Gram matrix only) the other solver's, to compare
+    outs = torch.empty(len(transfers), 4, nsrc, nwin, dtype=torch.float64, device=refs.device)
     for start in range(0, nwin, block):
         window = slice(start, min(start + block, nwin))
-        out[:, :, window] = _window_metrics(ref_windows[window], est_windows[window], transfer, n_fft, segment,
-                                            filters_len)
+        for out, transfer in zip(outs, transfers):
+            out[:, :, window] = _window_metrics(ref_windows[window], est_windows[window], transfer, n_fft, segment,
+                                                filters_len)
+    out = outs[0]
     silent = _silent_windows(sounding["reference"], length, hop, nwin) | _silent_windows(
         sounding["estimated"], length, hop, nwin)
     out[:, :, silent] = float("nan")
@@ -129,6 +136,13 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
     if bool(bad_refs.any()):  # museval: the full projection is NaN for all; the image only for that source
         out[[0, 2, 3]] = float("nan")
         out[1, bad_refs] = float("nan")
+    if info is not None:
+        info["condition"] = condition
+        info["ill_conditioned_windows"] = 0
+        if len(outs) > 1:  # windows whose ISR/SIR/SAR depend on the solve by more than SOLVE_SENSITIVITY_DB
+            a, b = outs[0, 1:], outs[1, 1:]
+            differ = ~((a - b).abs() <= SOLVE_SENSITIVITY_DB) & ~(a == b)  # NaN against a number counts
+            info["ill_conditioned_windows"] = int((differ.any(0).any(0) & ~silent).sum())
     sdr, isr, sir, sar = out.cpu().numpy()
     return sdr, isr, sir, sar
 
@@ -140,7 +154,8 @@ def gram_condition(references, filters_len: int = FILTERS_LEN) -> float:
     refs, _ = _prepare(references, references, None)
     refs = torch.nan_to_num(refs, nan=0.0, posinf=0.0, neginf=0.0)
     flat = refs.reshape(-1, refs.shape[-1])
-    return _condition(_gram_matrix(_correlations(flat, [flat], filters_len)))
+    gram = _gram_matrix(_correlations(flat, [flat], filters_len))
+    return _solve_gram(gram, gram[:, :1].clone(), rebuild=lambda: gram)[1]
 
 
 def _prepare(references, estimates, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,9 +268,11 @@ def _correlations(x: torch.Tensor, ys: list[torch.Tensor], lags: int, block_byte
 def _distortion_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int, solver: str = "exact"):
     """museval's time-invariant distortion filters.
 
-    Returns ``filters`` ``(S_est, S_ref, C_in, C_out, L)``: estimate ``e`` projected on all
-    delayed references, ``own`` ``(S, C_in, C_out, L)``: estimate ``j`` projected on
-    the delayed channels of reference ``j`` only, and the condition estimate of the Gram matrix.
+    Returns ``(sets, condition)``: ``sets`` is a list of ``(filters, own)``, ``filters``
+    ``(S_est, S_ref, C_in, C_out, L)``: estimate ``e`` projected on all delayed references, and
+    ``own`` ``(S, C_in, C_out, L)``: estimate ``j`` projected on the delayed channels of reference
+    ``j`` only; first those of ``solver``, then, where the Gram matrix's ``condition`` (of
+    ``G + eps I``) exceeds ``ILL_CONDITIONED``, those of the other solver, to compare per window.
     """
     nsrc, nchan, nsampl = refs.shape
     nref, size = nsrc * nchan, nsrc * nchan * filters_len
@@ -264,28 +281,30 @@ def _distortion_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int
     lag = torch.arange(filters_len, device=refs.device)
     # D[(p, l), e] = <r_p delayed by l, estimate channel e> = corr(r_p, e) at lag -l
     cross = corr[filters_len - 1 - lag, :, nref:].permute(1, 0, 2).reshape(size, nref)
-
-    def gram():
-        g = _gram_matrix(corr[:, :, :nref])
-        if solver == "stable":  # G + eps I + loading * diag(G): each reference's energy sets its own term
-            g.diagonal().mul_(1 + STABLE_LOADING)
-        return g
-
-    full = gram()
     block = nchan * filters_len
-    # copied before the full system's factorisation, which overwrites the Gram matrix
-    blocks = torch.stack([full[j * block:(j + 1) * block, j * block:(j + 1) * block] for j in range(nsrc)])
-    if solver == "stable":  # the condition of G itself (the stable factor's is bounded by the loading)
-        condition = _condition(_gram_matrix(corr[:, :, :nref]))
-    solution, factor_condition = _solve_gram(full, cross, rebuild=gram)
-    if solver == "exact":
-        condition = factor_condition
-    filters = solution.reshape(nsrc, nchan, filters_len, nsrc, nchan).permute(3, 0, 1, 4, 2)
-    if nsrc == 1:  # the same system as above: identical filters, so SIR is +inf as in museval
-        return filters, filters[:, 0], condition
     rhs = torch.stack([cross[j * block:(j + 1) * block, j * nchan:(j + 1) * nchan] for j in range(nsrc)])
-    own = _solve_gram(blocks, rhs)[0].reshape(nsrc, nchan, filters_len, nchan).permute(0, 1, 3, 2)
-    return filters, own, condition
+
+    def solve(kind: str):
+        def gram():
+            g = _gram_matrix(corr[:, :, :nref])
+            if kind == "stable":  # G + eps I + loading * diag(G): each reference's energy sets its own term
+                g.diagonal().mul_(1 + STABLE_LOADING)
+            return g
+
+        full = gram()
+        # copied before the full system's factorisation, which overwrites the Gram matrix
+        blocks = torch.stack([full[j * block:(j + 1) * block, j * block:(j + 1) * block] for j in range(nsrc)])
+        solution, condition = _solve_gram(full, cross, rebuild=gram)
+        filters = solution.reshape(nsrc, nchan, filters_len, nsrc, nchan).permute(3, 0, 1, 4, 2)
+        if nsrc == 1:  # the same system as above: identical filters, so SIR is +inf as in museval
+            return (filters, filters[:, 0]), condition
+        own = _solve_gram(blocks, rhs)[0].reshape(nsrc, nchan, filters_len, nchan).permute(0, 1, 3, 2)
+        return (filters, own), condition
+
+    exact, condition = solve("exact")  # its condition estimate says whether museval's numbers hold
+    if solver == "exact":
+        return [exact] + ([solve("stable")[0]] if condition > ILL_CONDITIONED else []), condition
+    return [solve("stable")[0]] + ([exact] if condition > ILL_CONDITIONED else []), condition
 
 
 def _gram_matrix(corr: torch.Tensor) -> torch.Tensor:
@@ -311,12 +330,6 @@ def _gram_matrix(corr: torch.Tensor) -> torch.Tensor:
     return gram
 
 
-def _condition(gram: torch.Tensor) -> float:
-    """1-norm condition estimate of a Gram matrix (overwritten) from its Cholesky factor (LAPACK's
-    ``dpocon``); ``inf`` if it is not numerically positive definite."""
-    return _solve_gram(gram, gram[:, :1].clone(), rebuild=None, factor_only=True)[1]
-
-
 def _condition_from_factor(factor: np.ndarray, norm: float) -> float:
     """1-norm condition estimate (LAPACK ``dpocon``, O(n^2)) from the upper Cholesky factor
     of a matrix of 1-norm ``norm``."""
@@ -324,7 +337,7 @@ def _condition_from_factor(factor: np.ndarray, norm: float) -> float:
     return 1 / rcond if info == 0 and rcond > 0 else float("inf")
 
 
-def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor, rebuild=None, factor_only: bool = False):
+def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor, rebuild=None):
     """Solve ``gram @ x = rhs`` for a (batch of) regularised Gram matrices; ``(x, condition)``.
 
     Cholesky (half the work of museval's LU, and the factorisation dominates the cost);
@@ -334,11 +347,9 @@ def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor, rebuild=None, factor_only
     overwrite ``gram`` in place. ``condition``: LAPACK's 1-norm estimate
     (largest over a batch), ``inf`` where Cholesky fails.
     """
-    result = _cholesky_solve(gram, rhs, overwrite=rebuild is not None or factor_only)
+    result = _cholesky_solve(gram, rhs, overwrite=rebuild is not None)
     if result is not None:
         return result
-    if factor_only:
-        return None, float("inf")
     gram = rebuild() if rebuild is not None else gram
     gram = (gram + gram.mT) / 2  # exactly symmetric, as museval builds it
     factors, pivots, info = torch.linalg.lu_factor_ex(gram)
