@@ -474,3 +474,9 @@ def test_training_run_records_the_backend_and_tracks_scored(smoke_run):
     assert results["metric"]["backend"] == "torch"
     assert set(results["tracks_scored"]) == set(results["sources"])
     assert all(0 < n <= len(results["tracks"]) for n in results["tracks_scored"].values())
+    metric = results["metric"]
+    assert metric["solver"] == "stable" and metric["nonfinite_estimates"] == {}
+    assert set(metric["ill_conditioned_windows"]) == set(results["tracks"])  # one count per track
+    track = next(iter(results["tracks"]))
+    block = json.loads((smoke_run.run_dir / "museval" / f"{track}.json").read_text())["msslab"]
+    assert block["ill_conditioned_windows"] == metric["ill_conditioned_windows"][track] and block["condition"] > 1
