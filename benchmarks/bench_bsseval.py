@@ -10,6 +10,7 @@ mismatches beside them.
     python benchmarks/bench_bsseval.py                     # 30 s and 3.5 min tracks
     python benchmarks/bench_bsseval.py --skip-long-museval  # no museval baseline past 60 s
     python benchmarks/bench_bsseval.py --seconds 30 --devices cpu1 cpu
+    python benchmarks/bench_bsseval.py --solver stable      # metric.solver's default (one more factorisation)
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=int, default=44100)
     parser.add_argument("--devices", nargs="+", default=["cpu1", "cpu", "cuda"],
                         help="cpu1 = CPU with one thread, cpu = all threads, cuda (skipped when absent)")
+    parser.add_argument("--solver", default="exact", choices=["exact", "stable"],
+                        help="torch backend's solve: exact (museval's, the agreement column means it) or stable")
     parser.add_argument("--skip-long-museval", action="store_true",
                         help="no museval baseline for tracks over 60 s (it takes minutes)")
     args = parser.parse_args()
@@ -74,8 +77,9 @@ def main() -> None:
             device = torch.device("cpu" if name.startswith("cpu") else name)
             torch.set_num_threads(1 if name == "cpu1" else threads)
             # warm-up (kernels, FFT plans) on a short excerpt, then the track
-            bsseval.bss_eval(refs[:, : 3 * win], ests[:, : 3 * win], win, hop, device=device)
-            seconds_taken, ours = timed(lambda: bsseval.bss_eval(refs, ests, win, hop, device=device), device)
+            bsseval.bss_eval(refs[:, : 3 * win], ests[:, : 3 * win], win, hop, device=device, solver=args.solver)
+            seconds_taken, ours = timed(lambda: bsseval.bss_eval(refs, ests, win, hop, device=device,
+                                                                 solver=args.solver), device)
             torch.set_num_threads(threads)
             row = f"{label:>8} {'torch ' + name:>14} {seconds_taken:9.2f}"
             if baseline is not None:

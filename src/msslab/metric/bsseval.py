@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bsseval_torch import bss_eval_v4, window_count
+from .bsseval_torch import ILL_CONDITIONED, SOLVERS, bss_eval_v4, window_count
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ METRICS = ("SDR", "SIR", "SAR", "ISR")
 # the delayed references, as the mixture does), a value neither backend determines.
 ROUNDING_FLOOR_DB = 150.0
 BACKENDS = ("torch", "museval")
+DEFAULT_SOLVER = "stable"
 
 
 def _import_museval():
@@ -42,15 +43,26 @@ def _import_museval():
 
 
 def bss_eval(references: np.ndarray, estimates: np.ndarray, win: int, hop: int, backend: str = "torch",
-             device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+             device: str | torch.device | None = None, solver: str = DEFAULT_SOLVER,
+             info: dict | None = None) -> dict[str, np.ndarray]:
     """BSSEval v4 of sources that all have sound: ``{metric: (sources, windows) dB}``.
 
     ``references``, ``estimates``: ``(sources, samples, channels)``; ``win``, ``hop`` in samples.
+    ``solver`` (torch backend): ``exact`` (museval's solve) or ``stable`` (see
+    :func:`msslab.metric.bsseval_torch.bss_eval_v4`); museval always solves exactly.
+    ``info`` receives ``"condition"`` (of the delayed references' Gram matrix) and
+    ``"ill_conditioned_windows"`` (both backends; see :func:`~msslab.metric.bsseval_torch.bss_eval_v4`).
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"metric.solver: unknown solver {solver!r}; choose one of {list(SOLVERS)}")
+    info = {} if info is None else info
     if backend == "torch":
-        values = bss_eval_v4(references, estimates, win, hop, device=device)
+        values = bss_eval_v4(references, estimates, win, hop, device=device, solver=solver, info=info)
     elif backend == "museval":
         values = _import_museval().evaluate(references, estimates, win=win, hop=hop)
+        # the same diagnosis as the torch backend's (a tenth of museval's time): where the Gram
+        # matrix is ill-conditioned, which windows depend on the solve
+        bss_eval_v4(references, estimates, win, hop, solver="exact", info=info)
     else:
         raise ValueError(f"metric.backend: unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     return dict(zip(("SDR", "ISR", "SIR", "SAR"), (np.asarray(v, np.float64) for v in values)))
@@ -63,15 +75,20 @@ def _silent(x: np.ndarray) -> bool:
 
 def score_track(name: str, targets: list[str], references: np.ndarray, estimates: np.ndarray, sample_rate: int,
                 win_seconds: float = 1.0, hop_seconds: float = 1.0, backend: str = "torch",
-                device: str | torch.device | None = None) -> dict:
+                device: str | torch.device | None = None, solver: str = DEFAULT_SOLVER) -> dict:
     """BSSEval v4 of one track.
 
     Args:
         references, estimates: ``(nb_targets, samples, channels)`` float arrays.
-        backend: ``torch`` or ``museval``; ``device``: where the torch backend runs.
+        backend: ``torch`` or ``museval``; ``device``: where the torch backend runs;
+        solver: ``stable`` or ``exact`` (torch backend).
     Returns:
         ``{"name", "museval": <museval JSON dict>, "medians": {target: {metric: dB}},
-        "values": {metric: (nb_targets, windows) dB}, "scored": [targets scored]}``.
+        "values": {metric: (nb_targets, windows) dB}, "scored": [targets scored],
+        "condition": condition estimate of the Gram matrix, "ill_conditioned_windows": in a track
+        whose Gram matrix has a condition above ``ILL_CONDITIONED``, the windows whose ISR/SIR/SAR
+        differ by more than 0.1 dB between museval's exact solve and the stable one (else 0),
+        "nonfinite": [targets whose estimate holds NaN or inf]}``. The museval JSON carries the last three under "msslab".
         The targets that have sound are scored together; a target whose reference or
         estimate is silent over the whole track cannot be scored (BSSEval needs sound)
         and gets NaN everywhere, with a warning, without costing the others their scores.
@@ -84,6 +101,9 @@ def score_track(name: str, targets: list[str], references: np.ndarray, estimates
     nb_windows = window_count(references.shape[1], win, hop)
     values = {m: np.full((len(targets), nb_windows), np.nan) for m in METRICS}
     scored = []
+    nonfinite = [t for t, e in zip(targets, estimates) if not np.isfinite(e).all()]
+    if nonfinite:
+        log.warning("track %s: the estimates of %s hold NaN or inf; they score NaN", name, nonfinite)
     for i, target in enumerate(targets):
         for kind, x in (("reference", references[i]), ("estimate", estimates[i, : references.shape[1]])):
             if _silent(x):
@@ -92,17 +112,24 @@ def score_track(name: str, targets: list[str], references: np.ndarray, estimates
                 break
         else:
             scored.append(i)
+    info = {"condition": float("nan"), "ill_conditioned_windows": 0}
     if scored:
-        result = bss_eval(references[scored], estimates[scored], win, hop, backend, device)
+        result = bss_eval(references[scored], estimates[scored], win, hop, backend, device, solver, info)
         for metric in METRICS:
             values[metric][scored] = result[metric]
+    ill = info["ill_conditioned_windows"]
+    extra = {"condition": info["condition"], "ill_conditioned_windows": ill, "nonfinite": nonfinite}
     store = _import_museval().TrackStore(track_name=name, win=win_seconds, hop=hop_seconds)
     medians = {}
     for i, target in enumerate(targets):
         store.add_target(target, {m: values[m][i].tolist() for m in METRICS})
         medians[target] = {m: _nanmedian(values[m][i]) for m in METRICS}
-    return {"name": name, "museval": json.loads(store.json), "medians": medians, "values": values,
-            "scored": [targets[i] for i in scored]}
+    document = json.loads(store.json)
+    document["msslab"] = {"backend": backend, "solver": solver if backend == "torch" else "exact",
+                          "condition": info["condition"] if np.isfinite(info["condition"]) else None,
+                          "ill_conditioned_windows": ill, "nonfinite_estimates": nonfinite}
+    return {"name": name, "museval": document, "medians": medians, "values": values,
+            "scored": [targets[i] for i in scored]} | extra
 
 
 def _nanmedian(x) -> float:
@@ -170,6 +197,9 @@ class TrackScorer:
         if self.backend not in BACKENDS:
             raise ValueError(f"metric.backend: unknown backend {self.backend!r}; choose one of {list(BACKENDS)}")
         self.device = torch.device(metric_cfg.get("device") or device or "cpu")
+        self.solver = metric_cfg.get("solver") or DEFAULT_SOLVER
+        if self.solver not in SOLVERS:
+            raise ValueError(f"metric.solver: unknown solver {self.solver!r}; choose one of {list(SOLVERS)}")
         self.crosscheck = int(metric_cfg.get("crosscheck") or 0)
         self.kwargs = dict(sample_rate=sample_rate, win_seconds=metric_cfg.win_seconds,
                            hop_seconds=metric_cfg.hop_seconds)
@@ -179,6 +209,7 @@ class TrackScorer:
                      if uses_museval and n_jobs > 1 else None)
         self.max_pending = 2 * n_jobs
         self.pending, self.track_medians, self.checks = [], {}, []
+        self.ill_conditioned, self.nonfinite = {}, {}
 
     def __enter__(self):
         return self
@@ -199,7 +230,8 @@ class TrackScorer:
         refs = references.detach().permute(0, 2, 1).cpu().numpy()
         ests = estimates.detach().permute(0, 2, 1).cpu().numpy()
         if self.backend == "torch":
-            result = score_track(name, self.targets, refs, ests, backend="torch", device=self.device, **self.kwargs)
+            result = score_track(name, self.targets, refs, ests, backend="torch", device=self.device,
+                                 solver=self.solver, **self.kwargs)
             self._collect(result)
             if len(self.checks) < self.crosscheck:
                 self.checks.append((result, self._submit(name, self.targets, refs, ests, backend="museval",
@@ -212,12 +244,27 @@ class TrackScorer:
     def _collect(self, result: dict) -> None:
         write_track_json(result, self.json_dir)
         self.track_medians[result["name"]] = result["medians"]
+        self.ill_conditioned[result["name"]] = result["ill_conditioned_windows"]
+        if result["nonfinite"]:
+            self.nonfinite[result["name"]] = result["nonfinite"]
 
     def summary(self) -> dict:
         """Wait for the workers; ``{"sources", "tracks", "tracks_scored", "metric"}`` for results.json."""
         while self.pending:
             self._collect(self.pending.pop(0)())
-        metric = {"backend": self.backend, "device": str(self.device) if self.backend == "torch" else "cpu"}
+        metric = {"backend": self.backend, "device": str(self.device) if self.backend == "torch" else "cpu",
+                  "solver": self.solver if self.backend == "torch" else "exact",
+                  "ill_conditioned_windows": dict(self.ill_conditioned), "nonfinite_estimates": dict(self.nonfinite)}
+        ill = {t: n for t, n in self.ill_conditioned.items() if n}
+        if ill:  # once per run
+            log.warning("%d of %d track(s) have a numerically singular Gram matrix of delayed references "
+                        "(condition > %.0e, typical of AAC-coded stems); in %d window(s) museval's exact SIR/SAR/ISR "
+                        "differ from the stable solve's by > 0.1 dB, i.e. are rounding noise%s", len(ill),
+                        len(self.ill_conditioned), ILL_CONDITIONED, sum(ill.values()), "" if metric["solver"] == "stable" else "; metric.solver=stable gives "
+                        "stable numbers")
+        if self.nonfinite:
+            log.warning("estimates hold NaN or inf in %d track(s) (%s): those targets score NaN there and do "
+                        "not count in tracks_scored", len(self.nonfinite), self.nonfinite)
         if self.checks:
             stats = [largest_difference(ours["values"], wait()["values"]) for ours, wait in self.checks]
             metric["crosscheck"] = {"tracks": len(stats),
