@@ -96,7 +96,7 @@ def test_budget_state_carries_over_a_resume():
 
 
 def test_learning_rate_anneals_over_the_epochs(compose_train, tmp_path):
-    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=2", "scheduler.final=0.1"])
+    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=2", "scheduler.final=0.1", "optimizer.lr=0.001"])
     steps = results["global_step"]
     assert len(lrs) == steps >= 4
     assert lrs[0] == pytest.approx(1e-3)
@@ -107,7 +107,7 @@ def test_learning_rate_anneals_over_the_epochs(compose_train, tmp_path):
 
 
 def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
-    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu"])
+    lrs, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu", "optimizer.lr=0.001"])
     assert results["status"] == "completed"
     assert 2 < results["global_step"] < 1000 * 2  # stopped by the 3 s budget, long before 1000 epochs
     # max_epochs=1000 alone would barely move the rate: the budget drives it down to near 0
