@@ -64,7 +64,7 @@ def band_bins(bands: str | Sequence[float], sample_rate: float, nb_bins: int,
 
 
 class ResidualRNN(nn.Module):
-    """``x + linear(rnn(norm(x)))`` over the sequences ``(batch, length, features)``.
+    """``x + linear(rnn(norm(x)))`` over the sequences ``(length, batch, features)``.
 
     The norm is per element of the sequence (LayerNorm over the features; the paper's GroupNorm
     over the whole sequence would let future frames in), so a causal RNN keeps the block causal.
@@ -73,8 +73,8 @@ class ResidualRNN(nn.Module):
     def __init__(self, features: int, hidden_size: int, cell: str, bidirectional: bool, num_layers: int = 1):
         super().__init__()
         self.norm = nn.LayerNorm(features)
-        self.rnn = CELLS[cell](features, hidden_size, num_layers=num_layers, batch_first=True,
-                               bidirectional=bidirectional)
+        # sequence-first: the CPU RNN kernels take that layout (batch_first costs two copies a call)
+        self.rnn = CELLS[cell](features, hidden_size, num_layers=num_layers, bidirectional=bidirectional)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), features)
 
     def forward(self, x: torch.Tensor, state=None):
@@ -98,7 +98,7 @@ class MaskHead(nn.Module):
         self.nb_targets, self.hidden = nb_targets, hidden
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``(batch, frames, features)`` -> ``(batch, frames, targets, out)``."""
+        """``(frames, batch, features)`` -> ``(frames, batch, targets, out)``."""
         h = torch.tanh(self.fc1(self.norm(z))).unflatten(-1, (self.nb_targets, self.hidden))
         y = torch.einsum("btsh,sho->btso", h, self.w2) + self.b2
         return nn.functional.glu(y, dim=-1)
@@ -118,16 +118,16 @@ class BandSplitCore(nn.Module):
         self.heads = nn.ModuleList(MaskHead(features, mask_hidden, n, nb_targets) for n in inputs)
 
     def forward(self, bands: list[torch.Tensor], state=None):
-        """Per band ``(batch, frames, 2 * channels * width)`` -> per band ``(batch, frames, targets,
+        """Per band ``(frames, batch, 2 * channels * width)`` -> per band ``(frames, batch, targets,
         2 * channels * width)``, and the time RNNs' states."""
-        z = torch.stack([split(x) for split, x in zip(self.split, bands)], dim=2)  # (B, T, K, N)
-        batch, frames, nb_bands, features = z.shape
+        z = torch.stack([split(x) for split, x in zip(self.split, bands)], dim=2)  # (T, B, K, N)
+        frames, batch, nb_bands, features = z.shape
         state = state or [None] * len(self.time)
         new_state = []
         for time, band, s in zip(self.time, self.band, state):
-            y, s = time(z.transpose(1, 2).reshape(batch * nb_bands, frames, features), s)
-            z = y.reshape(batch, nb_bands, frames, features).transpose(1, 2)
-            z = band(z.reshape(batch * frames, nb_bands, features))[0].reshape(batch, frames, nb_bands, features)
+            y, s = time(z.reshape(frames, batch * nb_bands, features), s)  # a view: no copy
+            z = y.reshape(frames, batch, nb_bands, features).permute(2, 0, 1, 3).reshape(nb_bands, -1, features)
+            z = band(z)[0].reshape(nb_bands, frames, batch, features).permute(1, 2, 0, 3)  # back to (T, B, K, N)
             new_state.append(s)
         return [head(z[:, :, k]) for k, head in enumerate(self.heads)], new_state
 
@@ -215,13 +215,13 @@ class BandSplitRNN(nn.Module):
         if not spec.is_complex():
             raise ValueError("BandSplitRNN takes the complex spectrogram (it estimates complex masks)")
         batch, channels, bins, frames = spec.shape
-        x = torch.view_as_real(spec).permute(0, 3, 2, 1, 4)  # (B, T, F, C, 2)
-        bands = [x[:, :, a:b].reshape(batch, frames, -1) for a, b in zip(self.bounds, self.bounds[1:])]
+        x = torch.view_as_real(spec).permute(3, 0, 2, 1, 4)  # (T, B, F, C, 2)
+        bands = [x[:, :, a:b].reshape(frames, batch, -1) for a, b in zip(self.bounds, self.bounds[1:])]
         state = state or [None] * len(self.cores)
         outputs, new_state = [], []
         for core, s in zip(self.cores, state):
             masks, s = core(bands, s)
-            outputs.append(torch.cat([m.unflatten(-1, (-1, channels, 2)) for m in masks], dim=3))  # (B, T, S, F, C, 2)
+            outputs.append(torch.cat([m.unflatten(-1, (-1, channels, 2)) for m in masks], dim=3))  # (T, B, S, F, C, 2)
             new_state.append(s)
         masks = torch.cat(outputs, dim=2).float()  # float: bfloat16 has no complex type
-        return torch.view_as_complex(masks.permute(0, 2, 4, 3, 1, 5).contiguous()), new_state
+        return torch.view_as_complex(masks.permute(1, 2, 4, 3, 0, 5).contiguous()), new_state
