@@ -66,6 +66,13 @@ def test_vocals_preset_is_the_papers_layout():
     assert bass[1] < bounds[1] and len(bass) > len(bounds)  # finer low end
 
 
+def test_band_list_from_the_command_line(system_for):
+    system = system_for(SOURCES[:1], 1, "model.bands=[300,1000,3000]", "data.sample_rate=16000")
+    assert system.model.bounds == [0, 10, 32, 96, 257]  # 31.25 Hz bins: 300 Hz -> bin 10, ..., to Nyquist
+    system = system_for(SOURCES[:1], 1, "model.bands=bass", "data.sample_rate=16000")
+    assert system.model.bounds[:3] == [0, 2, 3]  # 50 Hz bands (1.6 bins each) at the bottom
+
+
 @pytest.mark.parametrize("bands, message", [("piano", "unknown preset 'piano'"), ([500, 200], "increasing"),
                                             ([0, 200], "increasing positive")])
 def test_bad_band_layout_names_the_key(bands, message):
