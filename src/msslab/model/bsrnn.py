@@ -70,11 +70,11 @@ class ResidualRNN(nn.Module):
     over the whole sequence would let future frames in), so a causal RNN keeps the block causal.
     """
 
-    def __init__(self, features: int, hidden_size: int, cell: str, bidirectional: bool, num_layers: int = 1):
+    def __init__(self, features: int, hidden_size: int, cell: str, bidirectional: bool):
         super().__init__()
         self.norm = nn.LayerNorm(features)
         # sequence-first: the CPU RNN kernels take that layout (batch_first costs two copies a call)
-        self.rnn = CELLS[cell](features, hidden_size, num_layers=num_layers, bidirectional=bidirectional)
+        self.rnn = CELLS[cell](features, hidden_size, bidirectional=bidirectional)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), features)
 
     def forward(self, x: torch.Tensor, state=None):
@@ -94,7 +94,8 @@ class MaskHead(nn.Module):
         self.fc1 = nn.Linear(features, nb_targets * hidden)
         self.w2 = nn.Parameter(torch.empty(nb_targets, hidden, 2 * out))
         self.b2 = nn.Parameter(torch.zeros(nb_targets, 2 * out))
-        nn.init.kaiming_uniform_(self.w2.view(-1, 2 * out).T, a=5 ** 0.5)  # nn.Linear's initialisation
+        bound = hidden ** -0.5  # nn.Linear's initialisation (fan-in: hidden)
+        nn.init.uniform_(self.w2, -bound, bound)
         self.nb_targets, self.hidden = nb_targets, hidden
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -125,7 +126,8 @@ class BandSplitCore(nn.Module):
         state = state or [None] * len(self.time)
         new_state = []
         for time, band, s in zip(self.time, self.band, state):
-            y, s = time(z.reshape(frames, batch * nb_bands, features), s)  # a view: no copy
+            # (T, B*K, N) for the RNN over time, (K, T*B, N) across bands: one transposing copy each way
+            y, s = time(z.reshape(frames, batch * nb_bands, features), s)
             z = y.reshape(frames, batch, nb_bands, features).permute(2, 0, 1, 3).reshape(nb_bands, -1, features)
             z = band(z)[0].reshape(nb_bands, frames, batch, features).permute(1, 2, 0, 3)  # back to (T, B, K, N)
             new_state.append(s)
