@@ -12,6 +12,7 @@ is timed at small batches; the paper trains at batch 16 on GPUs.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,20 +48,25 @@ def build(overrides):
     return build_system(cfg, SOURCES, nb_channels=2, residual=False), cfg.data.sample_rate
 
 
-def step_seconds(system, batch, steps: int) -> float:
-    """Mean seconds of a training step, after one warm-up step."""
+def step_seconds(system, batch, steps: int) -> tuple[float, float]:
+    """Mean wall seconds and process CPU seconds of a training step, after one warm-up step.
+
+    On a shared machine the wall time grows with the other processes' load; the CPU time
+    (user + system, all threads) much less, so at one thread it is the number to compare.
+    """
     optimizer = torch.optim.Adam(system.parameters())
     system.train()
-    times = []
+    wall = cpu = 0.0
     for i in range(steps + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss, _ = system._step(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if i:
-            times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+            wall += time.perf_counter() - start
+            cpu += time.process_time() - start_cpu
+    return wall / steps, cpu / steps
 
 
 def main():
@@ -70,8 +76,9 @@ def main():
     parser.add_argument("--only", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
     print(f"torch {torch.__version__}; stereo, {len(SOURCES)} targets, 44.1 kHz, n_fft 2048 / hop 512")
-    print(f"{'case':16s} {'params':>11s} {'batch':>9s} " + " ".join(f"{f'{t} thr s':>9s}" for t in args.threads)
-          + f" {'s/example':>9s}")
+    print("per training step: wall seconds / process CPU seconds, at each thread count; load average "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(f"{'case':16s} {'params':>11s} {'batch':>9s} " + " ".join(f"{f'{t} thr wall/cpu':>16s}" for t in args.threads))
     for name in args.only:
         overrides, batch_size, seconds = CASES[name]
         system, sample_rate = build(overrides)
@@ -84,7 +91,8 @@ def main():
             torch.set_num_threads(threads)
             timings.append(step_seconds(system, batch, args.steps))
         print(f"{name:16s} {params:11,d} {f'{batch_size}x{seconds:g}s':>9s} "
-              + " ".join(f"{t:9.2f}" for t in timings) + f" {min(timings) / batch_size:9.2f}", flush=True)
+              + " ".join(f"{f'{w:.2f} / {c:.2f}':>16s}" for w, c in timings), flush=True)
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
