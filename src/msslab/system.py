@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from .loss import check_mask_kind
 from .metric.sdr import FAST_METRICS
 from .model.spectrogram import Spectrogram, magnitude, phase_sensitive_magnitude
 from .model.wiener import wiener
@@ -47,6 +48,7 @@ class SeparationSystem(pl.LightningModule):
         self.config = config
         if hasattr(loss, "bind_targets"):
             loss.bind_targets(self.targets)
+        check_mask_kind(loss, model)  # e.g. a magnitude loss with complex masks: refused before any data is read
         self._val_scores: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._val_indices: list[torch.Tensor] = []  # the validation set index of each scored chunk
         self._val_order: list[int] | None = None
@@ -55,13 +57,21 @@ class SeparationSystem(pl.LightningModule):
     def needs_targets(self) -> bool:
         return getattr(self.model, "needs_targets", False)
 
+    @property
+    def complex_masks(self) -> bool:
+        """The model estimates complex masks from the complex spectrogram (else real masks from magnitudes)."""
+        return getattr(self.model, "mask_kind", "magnitude") == "complex"
+
     def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None,
               mixture_magnitude: torch.Tensor | None = None) -> torch.Tensor:
-        """Masks from the mixture spectrogram (``mixture_magnitude``: its magnitude, when the caller has it)."""
+        """Masks from the mixture spectrogram (``mixture_magnitude``: its magnitude, when the caller has it):
+        real ``(B, S, C, F, T)`` for a magnitude-mask model, complex for a complex-mask one."""
         if self.needs_targets:
             if target_specs is None:
                 raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
             return self.model(mixture_spec, target_specs)
+        if self.complex_masks:
+            return self.model(mixture_spec)
         return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
 
     def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
@@ -77,7 +87,9 @@ class SeparationSystem(pl.LightningModule):
         target_specs = self.spectrogram(targets) if targets is not None else None
         with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=autocast):
             masks = self.masks(mixture_spec, target_specs)
-        estimate_specs = masks.to(mixture.dtype) * mixture_spec.unsqueeze(1)
+        # back from bfloat16; a complex mask keeps its imaginary part
+        masks = masks.to(mixture_spec.dtype if masks.is_complex() else mixture.dtype)
+        estimate_specs = masks * mixture_spec.unsqueeze(1)
         iterations = self.wiener_iterations if wiener_iterations is None else wiener_iterations
         if iterations > 0:
             estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64, wiener_exponent)
@@ -98,6 +110,17 @@ class SeparationSystem(pl.LightningModule):
         """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
         mixture, targets = batch
         mixture_spec = self.spectrogram(mixture)
+        if self.complex_masks or self.loss.domain == "complex":
+            # complex estimates: the masked mixture, its waveform and the true spectrograms
+            estimate_specs = self.masks(mixture_spec) * mixture_spec.unsqueeze(1)
+            estimates = self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
+            if self.loss.domain == "waveform":
+                return self.loss(estimates, targets), estimates
+            if self.loss.domain != "complex":  # check_mask_kind refused it at start-up
+                raise ValueError(f"loss domain {self.loss.domain!r} cannot train complex masks")
+            with torch.no_grad():
+                target_specs = self.spectrogram(targets)
+            return self.loss(estimate_specs, target_specs, estimates, targets), estimates
         mixture_magnitude = magnitude(mixture_spec)
         masks = self.masks(mixture_spec, mixture_magnitude=mixture_magnitude)
         estimates = None
