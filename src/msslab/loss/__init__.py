@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..metric.sdr import sdr
+
 
 def _all_but_sources(x: torch.Tensor) -> tuple[int, ...]:
     return (0, *range(2, x.dim()))  # (B, S, ...): every axis but the sources'
@@ -99,6 +101,4 @@ class NegativeSDR(SourceLoss):
         self.eps = eps
 
     def per_source(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from ..metric.sdr import sdr
-
         return -sdr(estimate, target, eps=self.eps).mean(0)
