@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MsslabError
+from ..metric.sdr import sdr
 
 
 def _all_but_sources(x: torch.Tensor) -> tuple[int, ...]:
@@ -110,8 +111,6 @@ class NegativeSDR(SourceLoss):
         self.eps = eps
 
     def per_source(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from ..metric.sdr import sdr
-
         return -sdr(estimate, target, eps=self.eps).mean(0)
 
 

@@ -25,8 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
+
+from ..runs import NOT_COMPARED
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +114,6 @@ def _canonical(value: Any) -> str:
 
 @functools.cache
 def _override_parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return OverridesParser.create()
 
 
@@ -119,8 +123,6 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     Uses Hydra's own override grammar so quoting and lists read as Hydra read
     them; ``+key``/``++key`` count as ``key``, ``~key`` as key ``~key``.
     """
-    from hydra.core.override_parser.types import OverrideType
-
     parser = _override_parser()
     settings: dict[str, str] = {}
     for text in overrides:
@@ -148,8 +150,6 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
         if v is not None and not str(k).startswith("hydra")
     }
     # How a run was launched (resume, search bookkeeping) is not what it is.
-    from ..runs import NOT_COMPARED
-
     settings.update(
         {k: v for k, v in parse_overrides(overrides or []).items()
          if not k.lstrip("~").startswith("hydra") and k.lstrip("~").split(".")[0] not in NOT_COMPARED}
@@ -159,8 +159,6 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
 
 def _read_hydra(run_dir: Path) -> tuple[dict, list[str]]:
     """Choices and overrides recorded by Hydra in ``.hydra/`` (when results.json lacks them)."""
-    from omegaconf import OmegaConf
-
     choices: dict = {}
     overrides: list[str] = []
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
@@ -195,8 +193,6 @@ def _evaluation_settings(results: Mapping) -> dict[str, str]:
     """
     if not any(key in results for key in ("split", "eval_overrides", "ckpt")):
         return {}
-    from ..runs import NOT_COMPARED
-
     settings = {"split": _canonical(results.get("split") or "test")}
     if results.get("ckpt"):
         settings["ckpt"] = _checkpoint_kind(results["ckpt"])
@@ -231,8 +227,6 @@ def _scores(per_source: Any) -> dict[str, dict[str, float]]:
 
 def _tracks_from_museval(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per-track medians over frames from museval's own JSON files (``museval/**/<track>.json``)."""
-    import numpy as np
-
     tracks: dict[str, dict[str, dict[str, float]]] = {}
     for path in sorted((run_dir / "museval").rglob("*.json"), key=_natural_key):
         try:
