@@ -93,15 +93,18 @@ def test_ablation_augmentation_composes_the_ten_augmentation_sets():
 def _nb_parameters(cfg) -> int:
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=2,
-                        nb_targets=len(cfg.data.targets))
+                        nb_targets=len(cfg.data.targets), residual=False, sample_rate=spectrogram.sample_rate)
     return sum(p.numel() for p in model.parameters())
 
 
-def test_ablation_rnn_matches_parameter_counts():
-    jobs = sweep_jobs("ablation_rnn")
+@pytest.mark.parametrize("model", [None, "bsrnn"])
+def test_ablation_rnn_matches_parameter_counts(model):
+    """The four cell/direction variants, of the RNN separator or (``model=bsrnn``) of the band-split RNN."""
+    jobs = sweep_jobs("ablation_rnn", *([f"model={model}"] if model else []))
     counts = {}
     for job in jobs:
         cfg = _compose(job)
+        assert cfg.model._target_.endswith("BandSplitRNN" if model else "RNNSeparator")
         counts[(cfg.model.cell, cfg.model.bidirectional)] = _nb_parameters(cfg)
         assert cfg.name == "ablation_rnn" and sorted(augmentations(cfg)) == sorted(PAPER_FOUR)
     assert set(counts) == {("lstm", False), ("gru", False), ("lstm", True), ("gru", True)}
@@ -113,10 +116,10 @@ def test_sweeps_cross_and_add_seeds():
     # augmentation x model: both presets at once, plus three seeds on the command line
     jobs = sweep_jobs("[ablation_augmentation,ablation_rnn]", "seed=1,2,3")
     assert len(jobs) == 10 * 4 * 3
-    job = next(j for j in jobs if "model=bgru" in j and "augmentation=[]" in j and "seed=2" in j)
+    job = next(j for j in jobs if "rnn=bgru" in j and "augmentation=[]" in j and "seed=2" in j)
     cfg = _compose(job)
     assert augmentations(cfg) == [] and cfg.model.cell == "gru" and cfg.model.bidirectional and cfg.seed == 2
-    assert cfg.model.hidden_size == cfg.matched_hidden_size.bgru
+    assert cfg.model.hidden_size == cfg.matched_hidden_size.blstm.bgru
 
 
 def test_search_preset_is_an_optuna_study_maximising_validation_sdr():
