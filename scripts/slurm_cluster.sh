@@ -75,15 +75,20 @@ start() {
   chmod 755 "$state"
   local host cpus mem
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS otherwise
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))  # MB, leave 1 GB to the system
 
-  # munge: its own key and socket in the state folder, run as the munge user it insists on.
+  # munge: its own key and socket in the state folder. As the munge user when it can reach the
+  # folder; else (a private temp folder, as pytest's) as root with --force, which lets munged
+  # accept a socket that only root can reach: only root (the daemons and jobs here) uses it.
   dd if=/dev/urandom bs=1 count=1024 of="$state/munge/munge.key" status=none
   chmod 755 "$state/munge"; chmod 400 "$state/munge/munge.key"
-  chown -R munge:munge "$state/munge" 2>/dev/null || true
-  local munge_user=(); id munge >/dev/null 2>&1 && munge_user=(runuser -u munge --)
-  "${munge_user[@]}" munged --key-file="$state/munge/munge.key" --socket="$state/munge/munge.socket" \
+  local munge_cmd=(munged --force)
+  if id munge >/dev/null 2>&1 && runuser -u munge -- test -x "$state/munge"; then
+    chown -R munge:munge "$state/munge"
+    munge_cmd=(runuser -u munge -- munged)
+  fi
+  "${munge_cmd[@]}" --key-file="$state/munge/munge.key" --socket="$state/munge/munge.socket" \
     --pid-file="$state/munge/munged.pid" --log-file="$state/munge/munged.log" --seed-file="$state/munge/seed" \
     || die "munged did not start (see $state/munge/munged.log)"
   for _ in $(seq 50); do [ -S "$state/munge/munge.socket" ] && break; sleep 0.1; done
