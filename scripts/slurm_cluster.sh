@@ -102,7 +102,8 @@ SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$state/munge/munge.socket
+# cred_expire: a requeued job waits this long (s) before it may start again (default 120).
+AuthInfo=socket=$state/munge/munge.socket,cred_expire=10
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/spool
 SlurmctldPidFile=$state/slurmctld.pid

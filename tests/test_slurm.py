@@ -148,6 +148,36 @@ def _sacct_states(env: dict) -> dict[str, str]:
     return dict(line.split("|")[:2] for line in out.splitlines()[1:] if line)
 
 
+def test_a_requeued_job_resumes_from_its_step_checkpoint(sweeps, cluster):
+    # First in the module: its job is the first submitted, and must still be training.
+    sweep = sweeps["requeue"]
+    run_dir = sweep.dir / "0"
+    deadline = time.monotonic() + 300
+    while not any(step >= EVERY_N + 2 for _, step, _, _ in _probe(run_dir)):  # past the first step checkpoint
+        assert sweep.process.poll() is None and time.monotonic() < deadline, sweep.log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert not (run_dir / "results.json").exists(), "the job finished before it could be requeued"
+    job = next(p.name for p in (sweep.dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name))
+    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True, timeout=30)  # as a preemption does
+
+    code, output = sweep.wait()
+    assert code == 0, output[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed", results.get("error")
+    assert results["slurm"]["restarts"] == 1 and results["slurm"]["job"] == job
+    assert len(results["resumes"]) == 1
+    resumed_at = results["resumes"][0]["global_step"]
+    steps = _probe(run_dir)
+    before = max(step for restarts, step, _, _ in steps if restarts == 0)
+    after = sorted(step for restarts, step, _, _ in steps if restarts == 1)
+    lost = before - resumed_at
+    print(f"requeue: trained to step {before}, resumed from step {resumed_at} ({lost} steps lost)")
+    assert resumed_at > 0 and resumed_at % EVERY_N == 0 and 0 <= lost <= EVERY_N
+    assert after[0] == resumed_at + 1 and after[-1] == results["global_step"] == 16  # continued, not restarted
+    wandb_ids = {re.sub(r".*-", "", p.name) for p in (run_dir / "wandb").glob("offline-run-*")}
+    assert wandb_ids == {(run_dir / ".msslab" / "wandb_id").read_text().strip()}  # one W&B run
+
+
 def test_a_sweep_of_four_jobs_runs_as_a_job_array_and_compares(sweeps, cluster, tmp_path):
     code, output = sweeps["four"].wait()
     assert code == 0, output[-3000:]
@@ -192,34 +222,6 @@ def test_a_failed_job_is_reported_and_a_relaunch_skips_finished_jobs(sweeps):
     assert "already completed, not run again" in logs and "already failed, not run again" in logs
 
 
-def test_a_requeued_job_resumes_from_its_step_checkpoint(sweeps, cluster):
-    sweep = sweeps["requeue"]
-    run_dir = sweep.dir / "0"
-    deadline = time.monotonic() + 300
-    while not any(step >= EVERY_N + 2 for _, step, _, _ in _probe(run_dir)):  # past the first step checkpoint
-        assert sweep.process.poll() is None and time.monotonic() < deadline, sweep.log.read_text()[-3000:]
-        time.sleep(0.2)
-    job = next(p.name for p in (sweep.dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
-    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True, timeout=30)  # as a preemption does
-
-    code, output = sweep.wait()
-    assert code == 0, output[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "completed", results.get("error")
-    assert results["slurm"]["restarts"] == 1 and results["slurm"]["job"] == job
-    assert len(results["resumes"]) == 1
-    resumed_at = results["resumes"][0]["global_step"]
-    steps = _probe(run_dir)
-    before = max(step for restarts, step, _, _ in steps if restarts == 0)
-    after = sorted(step for restarts, step, _, _ in steps if restarts == 1)
-    lost = before - resumed_at
-    print(f"requeue: trained to step {before}, resumed from step {resumed_at} ({lost} steps lost)")
-    assert resumed_at > 0 and resumed_at % EVERY_N == 0 and 0 <= lost <= EVERY_N
-    assert after[0] == resumed_at + 1 and after[-1] == results["global_step"] == 16  # continued, not restarted
-    wandb_ids = {re.sub(r".*-", "", p.name) for p in (run_dir / "wandb").glob("offline-run-*")}
-    assert wandb_ids == {(run_dir / ".msslab" / "wandb_id").read_text().strip()}  # one W&B run
-
-
 def test_ddp_with_two_srun_tasks_trains_two_ranks_and_evaluates_once(sweeps):
     sweep = sweeps["ddp"]
     code, output = sweep.wait()
@@ -240,12 +242,29 @@ def test_ddp_with_two_srun_tasks_trains_two_ranks_and_evaluates_once(sweeps):
 def test_a_gpu_request_reaches_sbatch(cluster, tmp_path):
     # The node has no GPU: sbatch refuses the request, after the launcher wrote it into the script.
     sweep_dir = tmp_path / "gpu"
-    proc = subprocess.run(cli_command("msslab-train", "-m", *SMALL, *ON_NODE, "hydra.launcher.gpus_per_node=2",
-                                      "hydra.launcher.cpus_per_task=1", "hydra.launcher.array_parallelism=3",
+    proc = subprocess.run(cli_command("msslab-train", "-m", *SMALL, *ON_NODE, "model.hidden_size=8,16",
+                                      "hydra.launcher.gpus_per_node=2",
+                                      "hydra.launcher.cpus_per_task=1", "hydra.launcher.array_parallelism=1",
                                       "hydra.launcher.timeout_min=7", f"hydra.sweep.dir={sweep_dir}"),
                           cwd=tmp_path, env=cluster, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "gres" in proc.stderr.lower(), proc.stderr[-3000:]
     script = next((sweep_dir / ".submitit").glob("*.sh")).read_text()
     for line in ("#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --partition=debug",
-                 "#SBATCH --time=7", "#SBATCH --array=0-0%3"):
+                 "#SBATCH --time=7", "#SBATCH --array=0-1%1"):
         assert line in script, script
+
+
+def test_results_json_names_the_slurm_job(tmp_path, monkeypatch):
+    # No cluster needed: what a run inside an array task (requeued once) records.
+    from msslab.results import read_results, write_results
+
+    for key, value in {"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
+                       "SLURM_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    write_results(tmp_path, status="completed")
+    assert read_results(tmp_path)["slurm"] == {"job": "12_3", "job_id": "17", "array_job_id": "12",
+                                               "array_task_id": "3", "restarts": 1}
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key)
+    write_results(tmp_path, status="completed")
+    assert "slurm" not in read_results(tmp_path)  # outside SLURM: no such key
