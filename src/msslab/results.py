@@ -6,7 +6,8 @@ Shape (see DESIGN.md): ``status``, ``run_id``, ``choices``, ``overrides``, ``see
 ``eval_seconds``, and ``error`` for a failed run. A training run adds ``stop_reason``
 (``budget``, ``max_epochs``, ``max_steps``, ``early_stopping``, ``killed``: what ended the
 fit), ``stopped_after_seconds`` (wall seconds of fitting, resumed processes included)
-and ``steps_this_process`` (optimizer steps the last process trained itself). An evaluation of a checkpoint
+and ``steps_this_process`` (optimizer steps the last process trained itself). A run inside a SLURM job adds ``slurm``
+(job id, array job and task id, requeue count: see :func:`slurm_job`). An evaluation of a checkpoint
 records the training run's ``choices``, ``seed`` and ``overrides`` (its identity) and
 adds ``eval_overrides``: what the evaluation command set (data, metric, separation, ...).
 """
@@ -41,8 +42,19 @@ def write_results(run_dir: Path, **fields) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"run_id": run_dir.name, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "host": socket.gethostname()} | fields
+               "host": socket.gethostname()} | ({"slurm": slurm_job()} if "SLURM_JOB_ID" in os.environ else {}) | fields
     return atomic_write_text(run_dir / FILENAME, json.dumps(_clean(payload), indent=2))
+
+
+def slurm_job() -> dict:
+    """The SLURM job this process runs in (from its environment): ``job_id``, ``array_job_id``,
+    ``array_task_id`` (null outside an array), ``restarts`` (times the job was requeued) and
+    ``job`` (``<array job>_<task>`` for an array task, as squeue and sacct name it)."""
+    env = os.environ
+    array_job, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return {"job": f"{array_job}_{task}" if array_job and task else env.get("SLURM_JOB_ID"),
+            "job_id": env.get("SLURM_JOB_ID"), "array_job_id": array_job, "array_task_id": task,
+            "restarts": int(env.get("SLURM_RESTART_COUNT", 0))}
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

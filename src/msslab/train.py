@@ -7,7 +7,9 @@ Returns the best validation score, so Hydra sweepers (Optuna) can maximise it.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -156,6 +158,7 @@ def run(cfg: DictConfig) -> float:
     NaN); a single run re-raises.
     """
     run_dir = Path(cfg.paths.output_dir)
+    _note_sigterm()
     resume = cfg.get("resume")
     if resume is None and _multirun():
         resume = "auto"  # a relaunched sweep continues each job's directory
@@ -168,6 +171,27 @@ def run(cfg: DictConfig) -> float:
     except (RunDirBusy, ResumeRefused) as exc:  # nothing of this run was written: nothing to record
         log.error("%s", exc)
         return _failed_value(exc)
+
+
+_SIGTERM = {"received": False}
+
+
+def _note_sigterm() -> None:
+    """Remember a SIGTERM where a handler (submitit's, in a SLURM job) keeps the process alive.
+
+    SLURM requeues or preempts a job with SIGTERM, which also ends the W&B service process:
+    the run may then fail on the next log call before Lightning stops it. Such an error is
+    no verdict on the run (see :func:`_run_locked`). Without a handler SIGTERM still kills.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _SIGTERM["received"] = True
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class ResumeRefused(MsslabError):
@@ -211,6 +235,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                           resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         raise
     except Exception as exc:
+        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: no results; a requeued job resumes
+            log.warning("stopped by SIGTERM (%s: %s): not recorded as failed", type(exc).__name__, exc)
+            raise SystemExit(143) from exc
         _finish_wandb(1)
         log.error("run failed: %s", exc)
         if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
