@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from msslab import CONFIG_DIR
 from msslab.system import build_system
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 SOURCES = ["vocals", "drums", "bass", "other"]
 # The band-split paper's front end: 44.1 kHz, n_fft 2048 / hop 512, 3 s chunks.
 PAPER_STFT = ["data.sample_rate=44100", "stft.n_fft=2048", "stft.hop_length=512"]
@@ -36,6 +37,8 @@ CASES = {
     "small": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT], 4, 3.0),
     "small-separate": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT, "model.targets=separate"], 4, 3.0),
     "small-causal": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT, "model.bidirectional=false"], 4, 3.0),
+    "cpu": (["experiment=bsrnn_cpu", "augmentation=[]"], 4, 3.0),  # the CPU recipe
+    "fullband": (["experiment=fullband", "augmentation=[]"], 4, 3.0),  # the BLSTM recipe it is compared with
     "blstm": (["model=blstm", *PAPER_STFT], 4, 3.0),
     "umx": (["model=umx", *PAPER_STFT], 4, 3.0),
 }

@@ -25,6 +25,7 @@ from conftest import REPO, cli_command
 
 SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # The smallest smoke runs: one epoch of 4 steps, one short test track, CSV logs.
 SMALL = ["experiment=smoke", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
