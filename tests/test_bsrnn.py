@@ -298,3 +298,19 @@ def test_msslab_train_bsrnn_end_to_end(cli, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["choices"]["model"] == "bsrnn"
     assert all(abs(results["sources"][s]["SDR"]) < 100 for s in results["sources"])
+
+
+@pytest.mark.parametrize("preset, parameters, nb_bands", [("bsrnn", 48_761_768, 41), ("bsrnn_cpu", None, 20)])
+def test_recipes_build_the_stated_networks(compose_train, tmp_path, preset, parameters, nb_bands):
+    """experiment=bsrnn is the paper's size and front end; bsrnn_cpu its small CPU variant (hop 1024, 20 bands)."""
+    cfg = compose_train([f"experiment={preset}"], tmp_path)
+    assert cfg.data.sample_rate == 44100 and cfg.stft.n_fft == 2048 and cfg.data.chunk_seconds == 3.0
+    assert cfg.stft.hop_length == (512 if preset == "bsrnn" else 1024)
+    assert cfg.loss._target_ == "msslab.loss.ComplexL1"
+    assert sorted(cfg.augmentation.keys() - {"placement"}) == ["channel_swap", "gain", "remix"]
+    spectrogram = instantiate(cfg.stft)
+    model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=2,
+                        nb_targets=4, residual=False, sample_rate=spectrogram.sample_rate)
+    assert model.nb_bands == nb_bands
+    if parameters is not None:
+        assert sum(p.numel() for p in model.parameters()) == parameters
