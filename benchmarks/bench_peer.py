@@ -4,7 +4,7 @@ Both sides train on the same ``data=rendered`` songs for the same budget and are
 by the same evaluation (msslab's museval BSSEval v4 path on the same whole test songs);
 the table puts them beside the oracle IRM (the ceiling of masking) and the mixture (the floor).
 
-- msslab: ``msslab.train.train`` on ``experiment=fullband`` (plus any overrides given),
+- msslab: ``msslab.train.train`` on ``experiment=fullband`` (``--experiment``; plus any overrides given),
   stopped when the budget is spent, then the best checkpoint (validation SDR) is evaluated.
 - Open-Unmix: the ``openunmix`` package's model (``OpenUnmix``), transforms and
   ``Separator`` (with its Wiener filter, one EM iteration as in its published models),
@@ -232,7 +232,10 @@ def table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side and the baselines (after experiment=fullband)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side and the baselines (after experiment=...)")
+    parser.add_argument("--experiment", default="fullband", help="msslab's recipe (an experiment preset on data=rendered)")
+    parser.add_argument("--song-seed", type=int, default=None,
+                        help="seed of the rendered songs (default: the data config's): a song set no tuning saw")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per side (minutes)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: process CPU time, all threads (default, fair on a shared machine); wall: elapsed")
@@ -272,11 +275,13 @@ def main():
     # Same songs, same test set, same evaluation for every side; loading in this process (counted).
     # Both sides with the C library's malloc settings: keep_freed_memory would speed up
     # Open-Unmix's steps more than msslab's (bench_allocator.py), and the package runs without it.
-    base = ["experiment=fullband", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}",
+    base = [f"experiment={args.experiment}", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}",
             f"data.nb_test={args.test_songs}", f"data.seconds={args.seconds}", "data.num_workers=0",
             "trainer.enable_progress_bar=false"]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
+    if args.song_seed is not None:
+        base.append(f"data.song_seed={args.song_seed}")
     started = time.perf_counter()
     datamodule = instantiate(compose_cfg([*base, f"paths.output_dir={out}"]).data, augmentation=None)
     datamodule.setup("fit")  # renders the songs once (cached)
@@ -310,7 +315,7 @@ def main():
               f"{len(datamodule.test_tracks)} test songs of {args.seconds:g} s at {datamodule.sample_rate} Hz; "
               f"{describe()}; benchmark wall time {time.perf_counter() - started:.0f} s")
     overrides = results["msslab"]["overrides"] if "msslab" in results else args.overrides
-    text = f"{header}\nmsslab: experiment=fullband {' '.join(overrides)}\n\n{table(results)}"
+    text = f"{header}\nmsslab: experiment={args.experiment} {' '.join(overrides)}\n\n{table(results)}"
     print(text, flush=True)
     (out / "table.md").write_text(text)
     save(header)
