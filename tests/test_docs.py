@@ -25,7 +25,7 @@ a token that is exactly ``...`` is dropped (``msslab-train -m ... hydra/launcher
 block (``B="--budget-minutes 20"``) are expanded. Flags that print instead of run
 (``--cfg``, ``-p``, ``--resolve``, ``--info``, ``--help``) are dropped.
 
-Links ``[text](target)`` outside code blocks: a relative target must be a file (or
+Links ``[text](target)`` outside code blocks (also in CHANGELOG.md and experiments/*/README.md): a relative target must be a file (or
 folder) of the repository, and a ``#anchor`` must be a heading of that file (GitHub's slug).
 """
 
@@ -44,6 +44,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DOCS = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if not p.name.startswith("_"))]
+# links are also checked in the history and the recorded studies (their commands are records, not checked)
+LINKED = [*DOCS, REPO / "CHANGELOG.md", *sorted((REPO / "experiments").glob("*/README.md"))]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 COMMANDS = {"train": "train", "eval": "eval", "separate": "separate", "compare": "compare", "search": "train"}
 PRINT_FLAGS_WITH_VALUE = {"--cfg", "-c", "-p", "--package", "--info", "-i"}
@@ -384,7 +386,7 @@ def anchors(path: Path) -> set:
 
 def test_every_link_in_the_docs_resolves():
     failures, count = [], 0
-    for path in DOCS:
+    for path in LINKED:
         for number, line in prose_lines(path):
             for target in re.findall(r"\]\(([^)\s]+)\)", line):
                 if re.match(r"[a-z]+:", target):
