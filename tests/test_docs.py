@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import re
 import shlex
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,8 +50,6 @@ SHELL_LANGS = {"bash", "sh", "shell", "console"}
 COMMANDS = {"train": "train", "eval": "eval", "separate": "separate", "compare": "compare", "search": "train"}
 PRINT_FLAGS_WITH_VALUE = {"--cfg", "-c", "-p", "--package", "--info", "-i"}
 PRINT_FLAGS = {"--resolve", "--help", "-h", "--hydra-help"}
-OTHER_TOOLS = {"pip", "wandb", "unzip", "mkdir", "cat", "cd", "git", "export", "echo", "ls", "cp", "tar", "sudo",
-               "apt-get", "nvidia-smi", "srun", "sbatch", "squeue"}
 
 
 def rel(path: Path) -> str:
@@ -178,7 +176,8 @@ def msslab_command(argv):
     if head.startswith("msslab-") and head[len("msslab-"):] in COMMANDS:
         return head[len("msslab-"):], argv[1:]
     if re.fullmatch(r"python[\d.]*", head) and len(argv) > 2 and argv[1] == "-m" and argv[2].startswith("msslab."):
-        name = argv[2].split(".", 1)[1]
+        assert importlib.util.find_spec(argv[2]) is not None, f"python -m {argv[2]}: no such module"
+        name = argv[2].rsplit(".", 1)[1]
         return ("eval" if name == "evaluate" else name), argv[3:]
     return None
 
@@ -282,10 +281,17 @@ def check_msslab(command: str, args, files: dict, tmp_root: Path):
 
 # --- benchmark scripts: their argparse options ------------------------------------------------
 
+class StrictParser(argparse.ArgumentParser):
+    """Raises instead of printing usage and exiting, so the message reaches the report."""
+
+    def error(self, message):
+        raise AssertionError(message)
+
+
 @lru_cache(maxsize=None)
 def script_parser(script: Path) -> argparse.ArgumentParser:
     """An ArgumentParser rebuilt from the literal parts of the script's ``add_argument`` calls."""
-    parser = argparse.ArgumentParser(prog=script.name, add_help=True, exit_on_error=False, allow_abbrev=False)
+    parser = StrictParser(prog=script.name, allow_abbrev=False)
     builtin_types = {"int": int, "float": float, "str": str}
     for node in ast.walk(ast.parse(script.read_text())):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"):
@@ -313,11 +319,10 @@ def check_script(args):
     path = REPO / script
     assert path.is_file(), f"{script}: no such script"
     rest = placeholders(args[args.index(script) + 1:])
-    parser = script_parser(path)
     try:
-        parser.parse_args([a for a in rest if a != "--"] if not any(a == "--" for a in rest) else rest)
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise AssertionError(f"{script} does not accept {rest}: {exc}") from None
+        script_parser(path).parse_args(rest)
+    except AssertionError as exc:
+        raise AssertionError(f"{script} does not accept {shlex.join(rest)}: {exc}") from None
 
 
 def check(argv, files, tmp_root):
