@@ -15,6 +15,7 @@ starts with an msslab command, is checked by what it runs:
 - ``python benchmarks/<x>.py ...``: the script exists and an argparse parser rebuilt from its
   ``add_argument`` calls (options, ``nargs``, ``action``) accepts the arguments.
 - ``bash <file>``: the file exists. ``python -m pytest tests/<file>``: the test file exists.
+- ``from msslab.<x> import <names>`` in a fenced ``python`` block: the module has those names.
 - Anything else (``pip``, ``wandb``, ``unzip``, ``mkdir``, ``python -c``, shell builtins) is
   another tool's command and not checked.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import importlib.util
 import re
 import shlex
@@ -375,6 +377,29 @@ def test_every_command_in_the_docs_runs_as_written(tmp_path):
     assert not failures, f"{len(failures)} command(s) in the docs do not work as written:\n" + "\n".join(failures)
     # the check must have found the docs' commands (a broken extractor would pass vacuously)
     assert kinds.get("msslab", 0) >= 50 and kinds.get("script", 0) >= 10 and kinds.get("bash", 0) >= 2, kinds
+
+
+def test_every_msslab_import_in_the_docs_python_resolves():
+    """``from msslab.x import a, b`` in a fenced ``python`` block names a module and its attributes."""
+    failures, count = [], 0
+    for path in DOCS:
+        for lang, lines in fenced_blocks(path):
+            if lang != "python":
+                continue
+            for number, line in lines:
+                match = re.match(r"\s*from (msslab[\w.]*) import (.+)", line)
+                if not match:
+                    continue
+                count += 1
+                names = [n.split(" as ")[0].strip() for n in match.group(2).split("#")[0].strip("() ").split(",")]
+                try:
+                    module = importlib.import_module(match.group(1))
+                    missing = [n for n in names if n and not hasattr(module, n)]
+                    assert not missing, f"{match.group(1)} has no {missing}"
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"{rel(path)}:{number}: {line.strip()}\n    {type(exc).__name__}: {exc}")
+    assert not failures, "imports in the docs that fail:\n" + "\n".join(failures)
+    assert count >= 2, count
 
 
 # --- links ------------------------------------------------------------------------------------
