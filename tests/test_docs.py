@@ -6,12 +6,13 @@ starts with an msslab command, is checked by what it runs:
 - ``msslab-<cmd> ...`` (also ``.venv/bin/msslab-<cmd>`` and ``python -m msslab.<cmd>``):
   composed with Hydra from the real ``conf/`` exactly as written, with the command's own
   primary config (train, eval, separate, compare; search composes train). ``--config-dir D``
-  adds D to the search path (a folder the same block writes with ``cat > D/... <<'TAG'`` is
-  written to a temporary folder first). With ``-m`` or for ``msslab-search``, a command-line
-  sweep that chooses a config group (``model=lstm,gru``, ``'augmentation=[],[reverb]'``) is
-  composed once per value, any other sweep (``seed=1,2,3``, ``choice(...)``) at its first
-  value; Optuna's ``interval(a,b)`` at ``a``. ``msslab-compare``'s bare directories become
-  ``dirs=[...]`` and its ``baseline=`` value is quoted, as the command does.
+  and ``hydra.searchpath=[file://D]`` add D to the search path (a folder that the page
+  writes earlier with ``cat > D/... <<'TAG'`` is written to a temporary folder first).
+  With ``-m`` or for ``msslab-search``, a command-line sweep that chooses a config group
+  (``model=lstm,gru``, ``'augmentation=[],[reverb]'``) is composed once per value, any
+  other sweep (``seed=1,2,3``, ``choice(...)``) at its first value; Optuna's
+  ``interval(a,b)`` at ``a``. ``msslab-compare``'s bare directories become ``dirs=[...]``
+  and its ``baseline=`` value is quoted, as the command does.
 - ``python benchmarks/<x>.py ...``: the script exists and an argparse parser rebuilt from its
   ``add_argument`` calls (options, ``nargs``, ``action``) accepts the arguments.
 - ``bash <file>``: the file exists. ``python -m pytest tests/<file>``: the test file exists.
@@ -87,10 +88,11 @@ def prose_lines(path: Path):
 
 def shell_commands(path: Path):
     """``(line_number, argv, files)`` per command of the shell blocks; ``files``: {path: text} the block writes."""
+    files = {}  # a page's blocks run in order in one folder: a file one block writes, later ones see
     for lang, lines in fenced_blocks(path):
         if lang not in SHELL_LANGS:
             continue
-        files, variables, logical = {}, {}, []
+        variables, logical = {}, []
         i = 0
         while i < len(lines):
             number, text = lines[i]
@@ -242,6 +244,20 @@ def override_sets(overrides, sweep: bool):
     return [fixed + firsts[:i] + [v] + firsts[i + 1:] for i, values in enumerate(sweeps) for v in values]
 
 
+def local_folder(folder: str, files: dict, tmp_root: Path) -> str:
+    """The absolute path of a config folder the page writes (into ``tmp_root``) or the repository holds."""
+    parts = Path(folder).parts
+    written = {p: text for p, text in files.items() if Path(p).parts[:len(parts)] == parts}
+    if written:
+        for p, text in written.items():
+            (tmp_root / p).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_root / p).write_text(text)
+        return str((tmp_root / folder).resolve())
+    if (REPO / folder).is_dir():
+        return str((REPO / folder).resolve())
+    raise AssertionError(f"{folder}: no such folder, and the page writes none")
+
+
 def check_msslab(command: str, args, files: dict, tmp_root: Path):
     args = placeholders(args)
     multirun, config_dir, overrides = command == "search", None, []
@@ -267,16 +283,9 @@ def check_msslab(command: str, args, files: dict, tmp_root: Path):
     if command == "compare":
         overrides = compare_argv(overrides)
     if config_dir is not None:
-        written = {p: t for p, t in files.items() if Path(p).parts[:len(Path(config_dir).parts)] == Path(config_dir).parts}
-        if written:
-            for p, t in written.items():
-                (tmp_root / p).parent.mkdir(parents=True, exist_ok=True)
-                (tmp_root / p).write_text(t)
-            config_dir = str((tmp_root / config_dir).resolve())
-        elif (REPO / config_dir).is_dir():
-            config_dir = str((REPO / config_dir).resolve())
-        else:
-            raise AssertionError(f"--config-dir {config_dir}: no such folder, and the block writes none")
+        config_dir = local_folder(config_dir, files, tmp_root)
+    overrides = [re.sub(r"file://([^],\s]+)", lambda m: "file://" + local_folder(m.group(1), files, tmp_root), o)
+                 if o.startswith("hydra.searchpath=") else o for o in overrides]
     for each in override_sets(overrides, multirun):
         compose(COMMANDS[command], tuple(each), config_dir)
 
