@@ -4,8 +4,8 @@ Every line of a fenced ``bash``/``sh``/``console`` block, and every inline code 
 starts with an msslab command, is checked by what it runs:
 
 - ``msslab-<cmd> ...`` (also ``.venv/bin/msslab-<cmd>`` and ``python -m msslab.<cmd>``):
-  composed with Hydra from the real ``conf/`` exactly as written, with the command's own
-  primary config (train, eval, separate, compare; search composes train). ``--config-dir D``
+  composed with Hydra from the real ``conf/`` exactly as written (and its interpolations
+  resolved), with the command's own primary config (train, eval, separate, compare; search composes train). ``--config-dir D``
   and ``hydra.searchpath=[file://D]`` add D to the search path (a folder that the page
   writes earlier with ``cat > D/... <<'TAG'`` is written to a temporary folder first).
   With ``-m`` or for ``msslab-search``, a command-line sweep that chooses a config group
@@ -204,13 +204,29 @@ def compare_argv(args):
 
 @lru_cache(maxsize=None)
 def compose(config_name: str, overrides: tuple, config_dir: str | None):
+    """Compose as the command would, then resolve every interpolation of the job's config.
+
+    Resolving catches what composing alone lets through, e.g. a preset's table looked up by a
+    choice (``${matched_hidden_size.${hydra:runtime.choices.model}}``) that has no entry for it.
+    Mandatory values left out (``???``) stay unresolved; Hydra's own node is not resolved.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    importlib.import_module("msslab")  # registers msslab's resolvers, as the commands do
 
     if config_dir:
         overrides = (*overrides, f"hydra.searchpath=[file://{config_dir}]")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    job = cfg.copy()
+    with open_dict(job):
+        del job["hydra"]
+    OmegaConf.to_container(job, resolve=True, throw_on_missing=False)
+    return cfg
 
 
 def is_group(key: str) -> bool:
@@ -452,6 +468,7 @@ def test_the_check_fails_on_a_renamed_key_or_choice(tmp_path):
     """A doc line with a misspelt key, an unknown choice or an unknown script option is caught."""
     for bad in (["msslab-train", "model.hiden_size=3"], ["msslab-train", "-m", "model=lstm,grux"],
                 ["msslab-eval", "ckpt=x", "separation.wiener_exponant=1"],
+                ["msslab-train", "experiment=ablation_rnn", "model=umx"],  # no matched width: fails on resolving
                 ["python", "benchmarks/bench_peer.py", "--budget-minute", "20"], ["bash", "scripts/nope.sh"]):
         with pytest.raises(Exception):
             check(bad, {}, tmp_path)
