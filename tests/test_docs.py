@@ -15,7 +15,8 @@ starts with an msslab command, is checked by what it runs:
   and its ``baseline=`` value is quoted, as the command does.
 - ``python benchmarks/<x>.py ...``: the script exists and an argparse parser rebuilt from its
   ``add_argument`` calls (options, ``nargs``, ``action``) accepts the arguments.
-- ``bash <file>``: the file exists. ``python -m pytest tests/<file>``: the test file exists.
+- ``bash <file>`` and ``scripts/<file> ...``: the file exists. ``python -m pytest tests/<file>``:
+  the test file exists. A leading ``sudo`` (``sudo -E``) is dropped before the check.
 - ``from msslab.<x> import <names>`` in a fenced ``python`` block: the module has those names.
 - Anything else (``pip``, ``wandb``, ``unzip``, ``mkdir``, ``python -c``, shell builtins) is
   another tool's command and not checked.
@@ -357,6 +358,8 @@ def check(argv, files, tmp_root):
     argv = list(argv)
     while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0]):  # VAR=value cmd
         argv.pop(0)
+    if argv[:1] == ["sudo"]:  # sudo [-E] cmd: the command is checked
+        argv = argv[2:] if argv[1:2] == ["-E"] else argv[1:]
     if not argv:
         return None
     msslab = msslab_command(argv)
@@ -376,6 +379,9 @@ def check(argv, files, tmp_root):
         return None
     if head == "bash" and len(argv) > 1:
         assert (REPO / argv[1]).is_file(), f"{argv[1]}: no such file"
+        return "bash"
+    if re.match(r"(scripts|benchmarks|\.ci)/", argv[0]):  # a script of the repository run by its path
+        assert (REPO / argv[0]).is_file(), f"{argv[0]}: no such file"
         return "bash"
     return None
 
