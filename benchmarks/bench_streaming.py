@@ -1,4 +1,4 @@
-"""Real-time factor of streaming separation (msslab.streaming.Streamer) on one CPU thread.
+"""Real-time factor of streaming separation (msslab.separation.streaming.Streamer) on one CPU thread.
 
 For each causal preset (composed from conf/ like a real run, randomly initialised: the
 cost does not depend on the weights) and each block size from one hop to 100 ms, streams
@@ -26,7 +26,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from msslab import CONFIG_DIR
-from msslab.streaming import Streamer
+from msslab.separation.streaming import Streamer
 from msslab.system import build_system
 
 CONF = str(CONFIG_DIR)
@@ -42,9 +42,8 @@ PRESETS = {  # name: overrides of the train config
 def build(overrides, wiener_iterations: int = 0):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["logger=none", f"paths.output_dir={tempfile.gettempdir()}", *overrides])
-    system = build_system(cfg, TARGETS, nb_channels=2, residual=False).eval()
-    system.wiener_iterations = wiener_iterations
-    return system
+    separator = build_system(cfg, TARGETS, nb_channels=2, residual=False).separator.eval()
+    return separator.replace(wiener_iterations=wiener_iterations)
 
 
 def block_sizes(hop: int, rate: int) -> list[int]:

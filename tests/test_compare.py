@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 from hydra import compose, initialize_config_dir
 
-from msslab.compare import CONFIG_DIR, hydra_argv, run
+from msslab.cli.compare import CONFIG_DIR, hydra_argv, run
 from msslab.report import CompareError, compare_runs, load_runs, paired_test
 
 TRACKS = [f"track{i:02d}" for i in range(8)]
@@ -187,7 +187,7 @@ def test_cli_positional_and_paper_figures(sweep: Path, tmp_path: Path):
     """The real console entry point, as a user runs it."""
     out = tmp_path / "paper"
     proc = subprocess.run(
-        [sys.executable, "-m", "msslab.compare", str(sweep), f"output={out}", "paper_figures=true",
+        [sys.executable, "-m", "msslab.cli.compare", str(sweep), f"output={out}", "paper_figures=true",
          "baseline=augmentation=[]"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
@@ -203,7 +203,7 @@ def test_cli_positional_and_paper_figures(sweep: Path, tmp_path: Path):
 def test_bad_directories_name_the_path(tmp_path: Path):
     missing = tmp_path / "no_such_sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "msslab.compare", f"dirs=[{missing}]"],
+        [sys.executable, "-m", "msslab.cli.compare", f"dirs=[{missing}]"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode != 0 and str(missing) in proc.stderr and "Traceback" not in proc.stderr

@@ -50,7 +50,7 @@ def validation_median(run_dir, checkpoint) -> tuple[float, float]:
     dm.setup("fit")
     system = load_checkpoint(checkpoint).eval()
     with torch.no_grad():
-        scores = torch.cat([FAST_METRICS[cfg.metric.validation](system(m[None], wiener_iterations=0), t[None])
+        scores = torch.cat([FAST_METRICS[cfg.metric.validation](system.separator.replace(wiener_iterations=0)(m[None]), t[None])
                             for m, t in (dm.valid_set[i] for i in range(len(dm.valid_set)))])  # (chunks, S)
     padded = torch.cat([scores, scores[: (-len(scores)) % 2]])  # what the sampler hands the processes
     return (scores.median(0).values.mean().item(),  # torch's median of an even count is the lower middle

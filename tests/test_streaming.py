@@ -1,4 +1,4 @@
-"""Streaming separation (msslab.streaming): block by block equals offline, delayed by the stated latency.
+"""Streaming separation (msslab.separation.streaming): block by block equals offline, delayed by the stated latency.
 
 The systems are tiny and randomly initialised (with random normalisation statistics, so
 the masks vary strongly from frame to frame); the equality with offline separation holds
@@ -17,8 +17,8 @@ import torchaudio.functional as AF
 from hydra import compose, initialize_config_dir
 
 from msslab import CONFIG_DIR
-from msslab.inference import SeparationSettings, separate
-from msslab.streaming import Streamer, StreamingError
+from msslab.separation.inference import SeparationSettings, separate
+from msslab.separation.streaming import Streamer, StreamingError
 from msslab.system import build_system
 
 CONF_DIR = CONFIG_DIR
@@ -152,7 +152,7 @@ def test_causal_wiener_filter():
 
 
 def test_separate_refuses_a_bidirectional_checkpoint(tmp_path):
-    from msslab.separate import separate
+    from msslab.cli.separate import separate
 
     checkpoint = save_checkpoint(tiny_system("blstm"), tmp_path / "bidirectional.ckpt")
     sf.write(tmp_path / "song.wav", np.zeros((100, 2), dtype=np.float32), RATE)
@@ -194,7 +194,7 @@ def test_separate_streaming_writes_the_offline_separation(cli, tmp_path):
 
 
 def test_resampler_in_blocks_equals_whole_signal():
-    from msslab.streaming import StreamResampler
+    from msslab.separation.stream_files import StreamResampler
 
     x = torch.randn(2, 1001)
     for orig, new in [(11025, 8000), (8000, 44100)]:

@@ -253,7 +253,7 @@ def check_stored_overrides(overrides: list[str], source: Path) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .errors import UnsafeConfigError
-    from .evaluate import CONF_DIR
+    from . import CONFIG_DIR
     from .trust import check_config, run_targets
 
     parser = OverridesParser.create()
@@ -268,7 +268,7 @@ def check_stored_overrides(overrides: list[str], source: Path) -> None:
         for part in reversed(override.key_or_group.split(".")):
             node = {part: node}
         try:
-            check_config(_plain(node), run_targets(str(CONF_DIR)), interpolations=True)
+            check_config(_plain(node), run_targets(str(CONFIG_DIR)), interpolations=True)
         except UnsafeConfigError as exc:
             raise MsslabError(f"resume: {source}: {exc}; give it on the command line if you mean it") from None
 

@@ -74,7 +74,7 @@ class Spectrogram(nn.Module):
         """``(..., nb_bins, frames)`` complex -> ``(..., length)`` real."""
         return self.inverse_stft(spec, length=length)
 
-    # Frame-level pieces of the two transforms, for streaming (msslab.streaming): the centred
+    # Frame-level pieces of the two transforms, for streaming (msslab.separation.streaming): the centred
     # STFT above is these frames of the reflect-padded signal, and its inverse is the overlap-add
     # of the inverse frames divided by the overlap-add of the squared window.
     @property

@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..errors import MsslabError
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
@@ -51,8 +53,9 @@ RUN_COLUMNS = [
 ]
 
 
-class CompareError(Exception):
-    """A problem with the runs or options given to ``compare``; the message names what to fix."""
+class CompareError(MsslabError):
+    """A problem with the runs or options given to ``compare``; the message names what to fix
+    (a user error: ``msslab-compare`` exits with one line, as every command)."""
 
 
 # ---------------------------------------------------------------------------
