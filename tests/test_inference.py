@@ -14,11 +14,12 @@ import norbert
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from msslab.errors import MsslabError
 from msslab.separation.inference import SeparationSettings, resolve_device, separate, separate_stream
 from msslab.model import OracleIRM, Spectrogram
-from msslab.model.wiener import wiener
+from msslab.model.wiener import expectation_maximization, wiener
 from msslab.separation import Separator
 from msslab.system import SeparationSystem
 
@@ -83,6 +84,33 @@ def test_wiener_exponent_setting_is_checked_and_defaults_to_powers():
     for bad in (0, -1.0, "soft"):
         with pytest.raises(MsslabError, match="separation.wiener_exponent: invalid value"):
             SeparationSettings.resolve({"wiener_exponent": bad})
+
+
+def test_each_setting_has_one_default():
+    """conf/train.yaml's `separation` block is where its defaults are written: the dataclass, the
+    Separator and the commands (eval.yaml, separate.yaml: null, "the checkpoint's") agree with it;
+    Spectrogram's code defaults are what the composed `stft` node gives."""
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+
+    from msslab import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        train = compose("train", overrides=["paths.output_dir=unused"])
+        commands = {name: compose(name) for name in ("eval", "separate")}
+    assert SeparationSettings().as_dict() == OmegaConf.to_container(train.separation)
+    for name, cfg in commands.items():
+        assert OmegaConf.to_container(cfg.separation) == dict.fromkeys(SeparationSettings().as_dict()), name
+    defaults = {k: p.default for k, p in inspect.signature(Separator).parameters.items() if k.startswith("wiener")}
+    assert defaults == SeparationSettings().wiener
+    spectrogram = {k: p.default for k, p in inspect.signature(Spectrogram).parameters.items()
+                   if p.default is not inspect.Parameter.empty}
+    assert spectrogram == {k: train.stft[k] for k in spectrogram}
+    assert {"n_fft", "hop_length"} <= set(inspect.signature(Spectrogram).parameters) - set(spectrogram)
+    for function in (wiener, expectation_maximization):  # no defaults of their own for these
+        parameters = inspect.signature(function).parameters
+        assert parameters["iterations"].default is parameters["exponent"].default is inspect.Parameter.empty
 
 
 def oracle_system(**kwargs) -> SeparationSystem:
