@@ -398,3 +398,24 @@ def test_bootstrap_needs_enough_pairs():
     from msslab.report.stats import min_pairs
 
     assert min_pairs(0.05) == 6 and min_pairs(0.01) == 8  # 2 ** (1 - n) < alpha
+
+
+def test_results_json_has_one_schema(tmp_path: Path):
+    """write_results takes the keys of msslab.results.Results only; the report reads through read_results."""
+    from msslab.results import Results, ResultsError, read_results, write_results
+
+    assert {"status", "choices", "sources", "train_seconds", "eval_seconds"} <= set(Results.__annotations__)
+    with pytest.raises(TypeError, match="train_second"):
+        write_results(tmp_path / "typo", status="completed", train_second=1.0)
+    assert not (tmp_path / "typo" / "results.json").exists()
+    write_results(tmp_path / "run", status="completed", choices={"model": "lstm"}, train_seconds=1.5,
+                  sources={"vocals": {"SDR": 1.0, "SIR": 2.0, "SAR": 3.0, "ISR": float("nan")}})
+    results = read_results(tmp_path / "run")
+    assert results["run_id"] == "run" and results["sources"]["vocals"]["ISR"] is None  # NaN written as null
+    assert read_results(tmp_path / "nothing") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="malformed .*expected a JSON object, got list"):
+        read_results(tmp_path / "bad")
+    with pytest.raises(CompareError, match="malformed .*results.json"):
+        load_runs([tmp_path / "bad"], progress=False)

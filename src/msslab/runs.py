@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import MsslabError
 from .results import FILENAME as RESULTS_FILE
-from .results import atomic_write_text
+from .results import ResultsError, atomic_write_text, read_results
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def locked(run_dir: Path) -> Iterator[None]:
 def read_status(run_dir: Path) -> dict | None:
     """The run's results.json, or None when there is none (never finished) or it is unreadable."""
     try:
-        return json.loads((Path(run_dir) / RESULTS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_results(run_dir)
+    except ResultsError:
         return None
 
 
