@@ -15,14 +15,14 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
+from msslab import CONFIG_DIR
 from msslab.system import build_system
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONFIG_DIR)
 SOURCES = ["vocals", "drums", "bass", "other"]
 # The band-split paper's front end: 44.1 kHz, n_fft 2048 / hop 512, 3 s chunks.
 PAPER_STFT = ["data.sample_rate=44100", "stft.n_fft=2048", "stft.hop_length=512"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from msslab import CONFIG_DIR
 from msslab.errors import MsslabError
 from msslab.model import BandSplitRNN
 from msslab.model.bsrnn import band_bins
@@ -18,7 +18,7 @@ from msslab.model.spectrogram import magnitude
 from msslab.separation import Separator
 from msslab.system import SeparationSystem, build_system
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = CONFIG_DIR
 SOURCES = ["vocals", "drums", "bass", "other"]
 TINY = ["model.hidden_size=8", "model.nb_layers=1", "model.rnn_size=8", "model.mask_hidden=8"]
 
