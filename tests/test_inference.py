@@ -284,3 +284,21 @@ def test_cuda_asked_for_without_one_is_a_one_line_error(smoke_run, cli):
     result = cli.run("msslab-eval", f"ckpt={smoke_run.last_checkpoint}", "device=cuda", "logger=none")
     assert result.returncode != 0
     assert "device=cuda: no CUDA device" in result.output and "Traceback" not in result.output, result.tail()
+
+
+def test_separate_uses_the_separators_wiener_filter_unless_settings_are_given():
+    """A Separator owns its Wiener settings (``replace`` gives another filter over the same weights);
+    settings passed to ``separate`` are complete and replace them for that call."""
+    separator = oracle_system().separator
+    filtered = separator.replace(wiener_iterations=1)
+    assert filtered.model is separator.model and filtered.spectrogram is separator.spectrogram
+    assert (separator.wiener_iterations, filtered.wiener_iterations) == (0, 1)
+    targets = random_track(1, seed=3)
+    mixture = targets.sum(0)
+    plain = separate(separator, mixture, targets=targets)
+    own = separate(filtered, mixture, targets=targets)
+    assert (own - plain).abs().max() > 1e-3
+    torch.testing.assert_close(separate(separator, mixture, SeparationSettings(wiener_iterations=1), targets=targets), own)
+    torch.testing.assert_close(separate(filtered, mixture, SeparationSettings(), targets=targets), plain)
+    with pytest.raises(TypeError, match="wiener_iteration"):
+        separator.replace(wiener_iteration=1)
