@@ -92,7 +92,7 @@ def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, o
 
 
 class UmxSystem(torch.nn.Module):
-    """Open-Unmix's Separator behind the interface msslab's evaluation calls (that of ``msslab.separation.Separator``)."""
+    """Open-Unmix's Separator behind the interface msslab's evaluation calls (``msslab.separation.Separator``'s)."""
 
     needs_targets = False
 
