@@ -133,7 +133,7 @@ def test_the_weight_average_is_what_checkpoints_and_the_test_use(compose_train, 
     average, current = ckpt["state_dict"], ckpt["current_model_state"]
     assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"] >= 2  # updated after every step
     # The checkpoint's weights are the average, not the last step's; the test scored them.
-    assert any(not torch.equal(average[k], current[k]) for k in average if k.startswith("model.rnn."))
+    assert any(not torch.equal(average[k], current[k]) for k in average if k.startswith("separator.model.rnn."))
     system = load_checkpoint(results["best_checkpoint"])
     assert all(torch.equal(value, average[key]) for key, value in system.state_dict().items())
     assert results["status"] == "completed"
