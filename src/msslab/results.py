@@ -32,6 +32,7 @@ class Results(TypedDict, total=False):
     run_id: str  # the run directory's name
     finished: str  # ISO 8601, UTC
     host: str
+    slurm: dict[str, Any]  # inside a SLURM job: its ids and requeue count (written on main by write_results itself)
     choices: dict[str, Any]  # config-group choices; augmentation: the list of stages
     overrides: list[str]  # the command-line overrides of the run that trained the model
     seed: int | None
