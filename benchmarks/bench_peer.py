@@ -4,7 +4,7 @@ Both sides train on the same ``data=rendered`` songs for the same budget and are
 by the same evaluation (msslab's museval BSSEval v4 path on the same whole test songs);
 the table puts them beside the oracle IRM (the ceiling of masking) and the mixture (the floor).
 
-- msslab: ``msslab.train.train`` on ``experiment=fullband`` (``--experiment``; plus any overrides given),
+- msslab: ``msslab.training.train`` on ``experiment=fullband`` (``--experiment``; plus any overrides given),
   stopped when the budget is spent, then the best checkpoint (validation SDR) is evaluated.
 - Open-Unmix: the ``openunmix`` package's model (``OpenUnmix``), transforms and
   ``Separator`` (with its Wiener filter, one EM iteration as in its published models),
@@ -41,7 +41,7 @@ from hydra.utils import instantiate
 
 from machine import describe
 from msslab import CONFIG_DIR
-from msslab.evaluate import evaluate_system
+from msslab.evaluation import evaluate_system
 from msslab.schedule import CLOCKS
 from msslab.system import build_system
 
@@ -78,7 +78,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path) -> dict:
-    from msslab.train import train
+    from msslab.training import train
 
     # msslab's own time budget (msslab.schedule.TrainingBudget), which scheduler=anneal decays over
     cfg = compose_cfg([*base, "trainer.max_epochs=100000", "callbacks.early_stopping.patience=100000",
@@ -92,29 +92,32 @@ def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, o
 
 
 class UmxSystem(torch.nn.Module):
-    """Open-Unmix's Separator behind the interface msslab's evaluation calls."""
+    """Open-Unmix's Separator behind the interface msslab's evaluation calls (``msslab.separation.Separator``'s)."""
 
     needs_targets = False
 
     def __init__(self, separator, targets: list[str], n_fft: int, sample_rate: int):
         super().__init__()
-        self.separator, self.targets = separator, list(targets)
+        self.umx, self.targets = separator, list(targets)
         self.spectrogram = SimpleNamespace(n_fft=n_fft, sample_rate=sample_rate)
         self.wiener_exponent = None  # None: the Separator's own Wiener filter
 
     @property
     def device(self):
-        return next(self.separator.parameters()).device
+        return next(self.umx.parameters()).device
+
+    def replace(self, **settings):
+        return self  # msslab's Wiener settings do not apply: Open-Unmix has its own filter
 
     def forward(self, mixture, targets=None, **separation):
         # msslab's separation settings (Wiener, autocast) do not apply: the Separator has its own Wiener filter
         if self.wiener_exponent is None:
-            return self.separator(mixture)
+            return self.umx(mixture)
         # --umx-wiener-exponents: Open-Unmix's magnitude estimates through msslab's Wiener filter
         # (one iteration over the whole chunk, soft-mask start) with that spectrogram exponent
         from msslab.model.wiener import wiener
 
-        sep = self.separator
+        sep = self.umx
         mix_stft = sep.stft(mixture)  # (B, C, F, T, 2)
         magnitudes = sep.complexnorm(mix_stft)
         v = torch.stack([model(magnitudes) for model in sep.target_models.values()], dim=1)  # (B, S, C, F, T)

@@ -29,14 +29,15 @@ import numpy as np
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from ..errors import MsslabError
+from ..results import FILENAME, ResultsError, read_hydra_record, read_results
 from ..runs import NOT_COMPARED
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = FILENAME
 
 #: Columns of the frame returned by :func:`load_runs`, in order.
 RUN_COLUMNS = [
@@ -57,8 +58,9 @@ RUN_COLUMNS = [
 ]
 
 
-class CompareError(Exception):
-    """A problem with the runs or options given to ``compare``; the message names what to fix."""
+class CompareError(MsslabError):
+    """A problem with the runs or options given to ``compare``; the message names what to fix
+    (a user error: ``msslab-compare`` exits with one line, as every command)."""
 
 
 # ---------------------------------------------------------------------------
@@ -159,19 +161,7 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
 
 def _read_hydra(run_dir: Path) -> tuple[dict, list[str]]:
     """Choices and overrides recorded by Hydra in ``.hydra/`` (when results.json lacks them)."""
-    choices: dict = {}
-    overrides: list[str] = []
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    overrides_yaml = run_dir / ".hydra" / "overrides.yaml"
-    try:
-        if hydra_yaml.is_file():
-            node = OmegaConf.load(hydra_yaml)
-            choices = OmegaConf.to_container(node.hydra.runtime.choices, resolve=False) or {}
-        if overrides_yaml.is_file():
-            overrides = list(OmegaConf.to_container(OmegaConf.load(overrides_yaml)) or [])
-    except Exception:  # .hydra is a fallback only; a broken one must not hide the run
-        pass
-    return choices, overrides
+    return read_hydra_record(run_dir) or ({}, [])
 
 
 def _checkpoint_kind(path: str) -> str:
@@ -254,20 +244,17 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     Raises :class:`CompareError` naming the file if ``results.json`` is not a JSON object.
     """
     run_dir = Path(run_dir)
-    results_path = run_dir / RESULTS_FILE
-    if not results_path.is_file():
+    try:
+        results = read_results(run_dir)
+    except ResultsError as err:
+        raise CompareError(str(err)) from err
+    if results is None:
         choices, overrides = _read_hydra(run_dir)
-        results: dict[str, Any] = {
+        results = {
             "status": "missing",
             "error": f"no {RESULTS_FILE}: the run died before writing it, or is still running",
         }
     else:
-        try:
-            results = json.loads(results_path.read_text())
-        except (OSError, ValueError) as err:
-            raise CompareError(f"cannot read {results_path}: {err}") from err
-        if not isinstance(results, dict):
-            raise CompareError(f"malformed {results_path}: expected a JSON object, got {type(results).__name__}")
         choices, overrides = results.get("choices"), results.get("overrides")
         if choices is None or overrides is None:
             hydra_choices, hydra_overrides = _read_hydra(run_dir)

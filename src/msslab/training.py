@@ -1,20 +1,18 @@
-"""``msslab-train``: train a separator, evaluate its best checkpoint, write ``results.json``.
+"""Training: fit a separator, evaluate its best checkpoint, write ``results.json`` (the library under ``msslab-train``).
 
-A Hydra app: ``msslab-train model=gru 'augmentation=[pitch_shift,reverb]' trainer.max_epochs=20``.
-Returns the best validation score, so Hydra sweepers (Optuna) can maximise it.
+:func:`run` is what the command calls (``msslab.cli.train``): it returns the best validation score, so
+Hydra sweepers (Optuna) can maximise it, and records a crash as a failed run.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -23,13 +21,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .allocator import keep_freed_memory
-from .augmentation import AugmentationError, check_overrides
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table
+from .evaluation import evaluate_conditions, print_conditions, print_table
 from .logger import build_loggers, log_test_results
 from .results import run_identity, write_results
-from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, preserve_hydra_files, record_resume,
-                   resume_arguments, resume_history)
+from .runs import RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_history
 from .schedule import StopRecord, TrainingBudget
 from .search import Pruned
 from .system import build_system, covers_mixture
@@ -275,40 +271,3 @@ def _objective(record: dict | None) -> float:
         raise MsslabError(f"no finite best validation score ({record.get('val_metric')}={value}): "
                           f"the trial counts as failed")
     return float("nan")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
-    return run(cfg)
-
-
-def main():
-    # Hydra names unknown group options itself, except inside a list: augmentation=[reverb,echo].
-    try:
-        check_overrides(sys.argv[1:], CONF_DIR)
-    except AugmentationError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    try:
-        sys.argv[1:] = resume_arguments(sys.argv[1:])
-    except MsslabError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    for run_dir in _given_run_dirs(sys.argv[1:]):
-        preserve_hydra_files(run_dir)  # before Hydra writes this command's .hydra over an older run's
-    return _hydra_main()
-
-
-def _given_run_dirs(argv: list[str]) -> list[Path]:
-    """The existing run directories a command names: ``hydra.run.dir``, or in a sweep each job
-    folder of ``hydra.sweep.dir``."""
-    def value(key):
-        return next((a.split("=", 1)[1] for a in reversed(argv) if a.split("=", 1)[0].lstrip("+") == key), None)
-
-    if any(a in ("-m", "--multirun") for a in argv):
-        sweep = value("hydra.sweep.dir")
-        return [p for p in Path(sweep).iterdir() if p.is_dir()] if sweep and Path(sweep).is_dir() else []
-    run_dir = value("hydra.run.dir")
-    return [Path(run_dir)] if run_dir and Path(run_dir).is_dir() else []
-
-
-if __name__ == "__main__":
-    main()
