@@ -9,7 +9,7 @@ For one preset (default: the UMX-size BLSTM at 44.1 kHz on a GPU) it prints
    loop's steps/s and its ratio to the pure step, the share of loop time spent waiting
    for data, the run's wall time and the GPU busy share over all of it (sampled from
    NVML through ``torch.cuda.utilization``; needs ``nvidia-ml-py``);
-3. seconds per test track, split into separation (``msslab.inference``) and metric (museval);
+3. seconds per test track, split into separation (``msslab.separation.inference``) and metric (museval);
 4. seconds to separate a 3-minute stereo track at the preset's rate.
 
     python benchmarks/bench_gpu.py                          # on a GPU, the UMX-size preset
@@ -37,10 +37,10 @@ from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from msslab import CONFIG_DIR
-from msslab.inference import SeparationSettings, separate
+from msslab.separation.inference import SeparationSettings, separate
 from msslab.metric import bsseval
 from msslab.system import build_system
-from msslab.train import train
+from msslab.training import train
 
 CONF = str(CONFIG_DIR)
 UMX_PRESET = ("trainer=gpu model=umx data.sample_rate=44100 stft.n_fft=4096 stft.hop_length=1024 stft.max_freq=16000 "

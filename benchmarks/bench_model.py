@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from msslab import CONFIG_DIR
-from msslab.inference import SeparationSettings, separate
+from msslab.separation.inference import SeparationSettings, separate
 from msslab.metric import bsseval
 from msslab.system import build_system
 

@@ -4,7 +4,7 @@ Both sides train on the same ``data=rendered`` songs for the same budget and are
 by the same evaluation (msslab's museval BSSEval v4 path on the same whole test songs);
 the table puts them beside the oracle IRM (the ceiling of masking) and the mixture (the floor).
 
-- msslab: ``msslab.train.train`` on ``experiment=fullband`` (plus any overrides given),
+- msslab: ``msslab.training.train`` on ``experiment=fullband`` (``--experiment``; plus any overrides given),
   stopped when the budget is spent, then the best checkpoint (validation SDR) is evaluated.
 - Open-Unmix: the ``openunmix`` package's model (``OpenUnmix``), transforms and
   ``Separator`` (with its Wiener filter, one EM iteration as in its published models),
@@ -41,7 +41,7 @@ from hydra.utils import instantiate
 
 from machine import describe
 from msslab import CONFIG_DIR
-from msslab.evaluate import evaluate_system
+from msslab.evaluation import evaluate_system
 from msslab.schedule import CLOCKS
 from msslab.system import build_system
 
@@ -78,7 +78,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path) -> dict:
-    from msslab.train import train
+    from msslab.training import train
 
     # msslab's own time budget (msslab.schedule.TrainingBudget), which scheduler=anneal decays over
     cfg = compose_cfg([*base, "trainer.max_epochs=100000", "callbacks.early_stopping.patience=100000",
@@ -92,29 +92,32 @@ def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, o
 
 
 class UmxSystem(torch.nn.Module):
-    """Open-Unmix's Separator behind the interface msslab's evaluation calls."""
+    """Open-Unmix's Separator behind the interface msslab's evaluation calls (``msslab.separation.Separator``'s)."""
 
     needs_targets = False
 
     def __init__(self, separator, targets: list[str], n_fft: int, sample_rate: int):
         super().__init__()
-        self.separator, self.targets = separator, list(targets)
+        self.umx, self.targets = separator, list(targets)
         self.spectrogram = SimpleNamespace(n_fft=n_fft, sample_rate=sample_rate)
         self.wiener_exponent = None  # None: the Separator's own Wiener filter
 
     @property
     def device(self):
-        return next(self.separator.parameters()).device
+        return next(self.umx.parameters()).device
+
+    def replace(self, **settings):
+        return self  # msslab's Wiener settings do not apply: Open-Unmix has its own filter
 
     def forward(self, mixture, targets=None, **separation):
         # msslab's separation settings (Wiener, autocast) do not apply: the Separator has its own Wiener filter
         if self.wiener_exponent is None:
-            return self.separator(mixture)
+            return self.umx(mixture)
         # --umx-wiener-exponents: Open-Unmix's magnitude estimates through msslab's Wiener filter
         # (one iteration over the whole chunk, soft-mask start) with that spectrogram exponent
         from msslab.model.wiener import wiener
 
-        sep = self.separator
+        sep = self.umx
         mix_stft = sep.stft(mixture)  # (B, C, F, T, 2)
         magnitudes = sep.complexnorm(mix_stft)
         v = torch.stack([model(magnitudes) for model in sep.target_models.values()], dim=1)  # (B, S, C, F, T)
@@ -232,7 +235,10 @@ def table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side and the baselines (after experiment=fullband)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the msslab side and the baselines (after experiment=...)")
+    parser.add_argument("--experiment", default="fullband", help="msslab's recipe (an experiment preset on data=rendered)")
+    parser.add_argument("--song-seed", type=int, default=None,
+                        help="seed of the rendered songs (default: the data config's): a song set no tuning saw")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per side (minutes)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: process CPU time, all threads (default, fair on a shared machine); wall: elapsed")
@@ -272,11 +278,13 @@ def main():
     # Same songs, same test set, same evaluation for every side; loading in this process (counted).
     # Both sides with the C library's malloc settings: keep_freed_memory would speed up
     # Open-Unmix's steps more than msslab's (bench_allocator.py), and the package runs without it.
-    base = ["experiment=fullband", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}",
+    base = [f"experiment={args.experiment}", "logger=none", "keep_freed_memory=false", f"data.nb_train={args.songs}",
             f"data.nb_test={args.test_songs}", f"data.seconds={args.seconds}", "data.num_workers=0",
             "trainer.enable_progress_bar=false"]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
+    if args.song_seed is not None:
+        base.append(f"data.song_seed={args.song_seed}")
     started = time.perf_counter()
     datamodule = instantiate(compose_cfg([*base, f"paths.output_dir={out}"]).data, augmentation=None)
     datamodule.setup("fit")  # renders the songs once (cached)
@@ -310,7 +318,7 @@ def main():
               f"{len(datamodule.test_tracks)} test songs of {args.seconds:g} s at {datamodule.sample_rate} Hz; "
               f"{describe()}; benchmark wall time {time.perf_counter() - started:.0f} s")
     overrides = results["msslab"]["overrides"] if "msslab" in results else args.overrides
-    text = f"{header}\nmsslab: experiment=fullband {' '.join(overrides)}\n\n{table(results)}"
+    text = f"{header}\nmsslab: experiment={args.experiment} {' '.join(overrides)}\n\n{table(results)}"
     print(text, flush=True)
     (out / "table.md").write_text(text)
     save(header)

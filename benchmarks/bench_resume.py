@@ -73,7 +73,7 @@ def main():
     overrides = [*args.overrides, "+callbacks.step_log._target_=bench_resume.StepLog",
                  f"+callbacks.step_log.path={steps_file}"]
 
-    fresh, started = launch([sys.executable, "-m", "msslab.train", *overrides, f"hydra.run.dir={run_dir}"])
+    fresh, started = launch([sys.executable, "-m", "msslab.cli.train", *overrides, f"hydra.run.dir={run_dir}"])
     first = wait_until(fresh, started, steps_file, lambda step: step >= 1)
     wait_until(fresh, started, steps_file, lambda step: step >= args.kill_after_steps)
     fresh.send_signal(signal.SIGKILL)
@@ -83,7 +83,7 @@ def main():
                    for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")}
     saved = max(checkpoints.values(), default=0)
 
-    resumed, restarted = launch([sys.executable, "-m", "msslab.train", f"resume={run_dir}"])
+    resumed, restarted = launch([sys.executable, "-m", "msslab.cli.train", f"resume={run_dir}"])
     back = wait_until(resumed, restarted, steps_file, lambda step: step == saved + 1)
     resumed.send_signal(signal.SIGKILL)
     resumed.wait()

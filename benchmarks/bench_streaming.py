@@ -1,4 +1,4 @@
-"""Real-time factor of streaming separation (msslab.streaming.Streamer) on one CPU thread.
+"""Real-time factor of streaming separation (msslab.separation.streaming.Streamer) on one CPU thread.
 
 For each causal preset (composed from conf/ like a real run, randomly initialised: the
 cost does not depend on the weights) and each block size from one hop to 100 ms, streams
@@ -10,7 +10,8 @@ thread's CPU time instead of wall time: on a machine shared with other work it s
 cost without the time spent waiting for a core, and ``RTF min`` (the fastest block) is
 closest to the cost on an idle core.
 
-    python benchmarks/bench_streaming.py [--seconds 10] [--presets lstm gru umx-causal] [--wiener-context-ms 100]
+    python benchmarks/bench_streaming.py [--seconds 10] [--presets lstm gru bsrnn-causal umx-causal]
+        [--wiener-context-ms 100] [--one-hop]
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from msslab import CONFIG_DIR
-from msslab.streaming import Streamer
+from msslab.separation.streaming import Streamer
 from msslab.system import build_system
 
 CONF = str(CONFIG_DIR)
 TARGETS = ["vocals", "drums", "bass", "other"]
 PRESETS = {  # name: overrides of the train config
     "lstm": ["model=lstm"],
+    "bsrnn-causal": ["model=bsrnn", "model.bidirectional=false", "loss=bsrnn"],  # complex masks
     "gru": ["model=gru"],
     "umx-causal": ["model=umx", "model.bidirectional=false", "data.sample_rate=44100", "stft.n_fft=4096",
                    "stft.hop_length=1024"],
@@ -42,9 +44,8 @@ PRESETS = {  # name: overrides of the train config
 def build(overrides, wiener_iterations: int = 0):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["logger=none", f"paths.output_dir={tempfile.gettempdir()}", *overrides])
-    system = build_system(cfg, TARGETS, nb_channels=2, residual=False).eval()
-    system.wiener_iterations = wiener_iterations
-    return system
+    separator = build_system(cfg, TARGETS, nb_channels=2, residual=False).separator.eval()
+    return separator.replace(wiener_iterations=wiener_iterations)
 
 
 def block_sizes(hop: int, rate: int) -> list[int]:
@@ -78,6 +79,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--wiener-context-ms", type=float, default=None,
                         help="also time the causal Wiener filter (1 iteration) over this much past")
+    parser.add_argument("--one-hop", action="store_true", help="time blocks of one hop only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.seconds:g} s streamed per row, "
@@ -94,7 +96,7 @@ def main():
     for name, streamer in runs:
         rate, hop = streamer.sample_rate, streamer.hop
         baseline = None
-        for block in block_sizes(hop, rate):
+        for block in [hop] if args.one_hop else block_sizes(hop, rate):
             mean, p99, least, cpu = rtf(streamer, block, args.seconds)
             baseline = baseline or mean
             print(f"{name:13s} {rate:7d} {streamer.n_fft:5d} {hop:5d} {streamer.latency_ms:10.1f} {block:6d} "

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import pickle
 import shlex
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from msslab import CONFIG_DIR
 from msslab.errors import CheckpointError
 from msslab.system import build_system, load_checkpoint
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = CONFIG_DIR
 TINY = ["logger=none", "paths.output_dir=unused", "data.sample_rate=8000", "stft.n_fft=64", "stft.hop_length=16",
         "model=lstm", "model.nb_layers=1", "model.hidden_size=8"]
 
@@ -130,3 +130,25 @@ def test_msslab_separate_refuses_it_in_one_line(checkpoint, cli, tmp_path):
     assert result.returncode != 0 and "msslab_config.loss._target_='builtins.open' is not allowed" in result.output, \
         result.tail()
     assert "Traceback" not in result.output and victim.read_text() == "keep me"
+
+
+def test_a_checkpoint_with_the_old_key_layout_loads(tmp_path):
+    """Checkpoints written before the Separator held the network (keys ``model.*``, ``spectrogram.*``)
+    load into ``separator.model.*`` and separate as the system that wrote them."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=TINY)
+    system = build_system(cfg, ["vocals", "accompaniment"], nb_channels=2, residual=False)
+    with torch.no_grad():
+        for parameter in system.model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    state = system.state_dict()
+    assert state and all(key.startswith("separator.") for key in state)
+    old = {key.removeprefix("separator."): value for key, value in state.items()}  # the layout of msslab 0.1.0
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old, "msslab_config": system.config}, path)
+    loaded = load_checkpoint(path)
+    for key, value in state.items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    mixture = torch.randn(1, system.config["nb_channels"], 3000)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.separator(mixture), system.eval().separator(mixture))

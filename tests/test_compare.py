@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 from hydra import compose, initialize_config_dir
 
-from msslab.compare import CONFIG_DIR, hydra_argv, run
+from msslab.cli.compare import CONFIG_DIR, hydra_argv, run
 from msslab.report import CompareError, compare_runs, load_runs, paired_test
 
 TRACKS = [f"track{i:02d}" for i in range(8)]
@@ -187,7 +187,7 @@ def test_cli_positional_and_paper_figures(sweep: Path, tmp_path: Path):
     """The real console entry point, as a user runs it."""
     out = tmp_path / "paper"
     proc = subprocess.run(
-        [sys.executable, "-m", "msslab.compare", str(sweep), f"output={out}", "paper_figures=true",
+        [sys.executable, "-m", "msslab.cli.compare", str(sweep), f"output={out}", "paper_figures=true",
          "baseline=augmentation=[]"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
@@ -203,7 +203,7 @@ def test_cli_positional_and_paper_figures(sweep: Path, tmp_path: Path):
 def test_bad_directories_name_the_path(tmp_path: Path):
     missing = tmp_path / "no_such_sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "msslab.compare", f"dirs=[{missing}]"],
+        [sys.executable, "-m", "msslab.cli.compare", f"dirs=[{missing}]"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode != 0 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
@@ -398,3 +398,24 @@ def test_bootstrap_needs_enough_pairs():
     from msslab.report.stats import min_pairs
 
     assert min_pairs(0.05) == 6 and min_pairs(0.01) == 8  # 2 ** (1 - n) < alpha
+
+
+def test_results_json_has_one_schema(tmp_path: Path):
+    """write_results takes the keys of msslab.results.Results only; the report reads through read_results."""
+    from msslab.results import Results, ResultsError, read_results, write_results
+
+    assert {"status", "choices", "sources", "train_seconds", "eval_seconds"} <= set(Results.__annotations__)
+    with pytest.raises(TypeError, match="train_second"):
+        write_results(tmp_path / "typo", status="completed", train_second=1.0)
+    assert not (tmp_path / "typo" / "results.json").exists()
+    write_results(tmp_path / "run", status="completed", choices={"model": "lstm"}, train_seconds=1.5,
+                  sources={"vocals": {"SDR": 1.0, "SIR": 2.0, "SAR": 3.0, "ISR": float("nan")}})
+    results = read_results(tmp_path / "run")
+    assert results["run_id"] == "run" and results["sources"]["vocals"]["ISR"] is None  # NaN written as null
+    assert read_results(tmp_path / "nothing") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="malformed .*expected a JSON object, got list"):
+        read_results(tmp_path / "bad")
+    with pytest.raises(CompareError, match="malformed .*results.json"):
+        load_runs([tmp_path / "bad"], progress=False)

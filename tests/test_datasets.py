@@ -455,7 +455,7 @@ def test_smoke_experiment_on_musdb18hq_writes_results(tmp_path):
     root = synthetic_hq_root(tmp_path / "musdb18hq")
     run_dir = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    cmd = [sys.executable, "-m", "msslab.train", "experiment=smoke", "data=musdb18hq", f"data.root={root}",
+    cmd = [sys.executable, "-m", "msslab.cli.train", "experiment=smoke", "data=musdb18hq", f"data.root={root}",
            f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -48,9 +48,9 @@ def validation_median(run_dir, checkpoint) -> tuple[float, float]:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     dm = instantiate(cfg.data)
     dm.setup("fit")
-    system = load_checkpoint(checkpoint).eval()
+    separator = load_checkpoint(checkpoint).separator.replace(wiener_iterations=0).eval()  # as validation separates
     with torch.no_grad():
-        scores = torch.cat([FAST_METRICS[cfg.metric.validation](system(m[None], wiener_iterations=0), t[None])
+        scores = torch.cat([FAST_METRICS[cfg.metric.validation](separator(m[None]), t[None])
                             for m, t in (dm.valid_set[i] for i in range(len(dm.valid_set)))])  # (chunks, S)
     padded = torch.cat([scores, scores[: (-len(scores)) % 2]])  # what the sampler hands the processes
     return (scores.median(0).values.mean().item(),  # torch's median of an even count is the lower middle

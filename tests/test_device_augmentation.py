@@ -16,7 +16,7 @@ from scipy.signal import hilbert, welch
 from test_augmentation import SR, config, fundamental, harmonic, rt60
 
 from msslab.augmentation import AugmentationError, DeviceAugmentation, build_pipeline
-from msslab.augmentation.device import phase_vocoder, resample
+from msslab.augmentation.kernels import phase_vocoder, resample
 from msslab.data import MSSDataModule
 from msslab.data.tracks import TrackSet
 

@@ -24,7 +24,7 @@ def errors(smoke_run, cli_factory, tmp_path_factory):
     ckpt = f"ckpt={smoke_run.last_checkpoint}"
     commands = {
         "train_typo_in_key": ["msslab-train", "experiment=smoke", "model.hiden_size=3"],
-        "train_unknown_option": ["msslab.train", "data=nonexistent"],  # python -m msslab.train
+        "train_unknown_option": ["msslab.cli.train", "data=nonexistent"],  # python -m msslab.cli.train
         "separate_missing_checkpoint": ["msslab-separate", f"ckpt={missing}", f"input={song}", f"output={base / 'a'}"],
         "eval_not_a_checkpoint": ["msslab-eval", f"ckpt={not_a_checkpoint}", "experiment=smoke",
                                   f"hydra.run.dir={base / 'eval'}"],

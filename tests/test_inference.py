@@ -1,4 +1,4 @@
-"""Inference (``msslab.inference``) and the torch Wiener filter (``msslab.model.wiener``).
+"""Inference (``msslab.separation.inference``) and the torch Wiener filter (``msslab.model.wiener``).
 
 The Wiener filter is compared with norbert, the reference numpy implementation; chunked,
 batched, streamed separation with the oracle (a per-bin mask: no context) is compared with
@@ -14,11 +14,13 @@ import norbert
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from msslab.errors import MsslabError
-from msslab.inference import SeparationSettings, resolve_device, separate, separate_stream
+from msslab.separation.inference import SeparationSettings, resolve_device, separate, separate_stream
 from msslab.model import OracleIRM, Spectrogram
-from msslab.model.wiener import wiener
+from msslab.model.wiener import expectation_maximization, wiener
+from msslab.separation import Separator
 from msslab.system import SeparationSystem
 
 
@@ -47,7 +49,8 @@ def test_torch_wiener_equals_norbert(channels, residual, iterations):
     v = np.abs(x)[:, None] * rng.dirichlet(np.ones(sources), size=(batch, channels, bins, frames)).transpose(0, 4, 1, 2, 3)
     peak = np.abs(x).max()
     for float64, dtype, tolerance in [(True, np.complex128, 1e-9), (False, np.complex64, 1e-4)]:
-        ours = wiener(torch.from_numpy(v), torch.from_numpy(x), iterations, residual=residual, float64=float64)
+        ours = wiener(torch.from_numpy(v), torch.from_numpy(x), iterations, residual=residual, float64=float64,
+                  exponent=2.0)
         assert ours.shape == v.shape
         error = np.abs(ours.numpy() - norbert_reference(v, x, iterations, residual, dtype)).max() / peak
         assert error < tolerance, (float64, error)
@@ -69,7 +72,7 @@ def test_wiener_exponent_sets_the_spectrogram_power_of_the_gains(exponent):
     ours = wiener(torch.from_numpy(v), torch.from_numpy(x), 1, float64=True, exponent=exponent).numpy()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7 * np.abs(x).max())
     np.testing.assert_allclose(ours.sum(1), x, rtol=0, atol=1e-7 * np.abs(x).max())
-    powers = wiener(torch.from_numpy(v), torch.from_numpy(x), 1, float64=True).numpy()
+    powers = wiener(torch.from_numpy(v), torch.from_numpy(x), 1, float64=True, exponent=2.0).numpy()
     assert np.abs(ours - powers).max() > 1e-2 * np.abs(x).max()
     spread = [np.std(np.abs(g / x[:, None])) for g in (ours, powers)]  # gains' spread over sources and bins
     assert (spread[0] < spread[1]) == (exponent < 2)
@@ -83,9 +86,36 @@ def test_wiener_exponent_setting_is_checked_and_defaults_to_powers():
             SeparationSettings.resolve({"wiener_exponent": bad})
 
 
+def test_each_setting_has_one_default():
+    """conf/train.yaml's `separation` block is where its defaults are written: the dataclass, the
+    Separator and the commands (eval.yaml, separate.yaml: null, "the checkpoint's") agree with it;
+    Spectrogram's code defaults are what the composed `stft` node gives."""
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+
+    from msslab import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        train = compose("train", overrides=["paths.output_dir=unused"])
+        commands = {name: compose(name) for name in ("eval", "separate")}
+    assert SeparationSettings().as_dict() == OmegaConf.to_container(train.separation)
+    for name, cfg in commands.items():
+        assert OmegaConf.to_container(cfg.separation) == dict.fromkeys(SeparationSettings().as_dict()), name
+    defaults = {k: p.default for k, p in inspect.signature(Separator).parameters.items() if k.startswith("wiener")}
+    assert defaults == SeparationSettings().wiener
+    spectrogram = {k: p.default for k, p in inspect.signature(Spectrogram).parameters.items()
+                   if p.default is not inspect.Parameter.empty}
+    assert spectrogram == {k: train.stft[k] for k in spectrogram}
+    assert {"n_fft", "hop_length"} <= set(inspect.signature(Spectrogram).parameters) - set(spectrogram)
+    for function in (wiener, expectation_maximization):  # no defaults of their own for these
+        parameters = inspect.signature(function).parameters
+        assert parameters["iterations"].default is parameters["exponent"].default is inspect.Parameter.empty
+
+
 def oracle_system(**kwargs) -> SeparationSystem:
-    return SeparationSystem(OracleIRM(), Spectrogram(n_fft=256, hop_length=64, sample_rate=8000), ["a", "b"],
-                            **kwargs).eval()
+    return SeparationSystem(Separator(OracleIRM(), Spectrogram(n_fft=256, hop_length=64, sample_rate=8000), ["a", "b"],
+                                      **kwargs)).eval()
 
 
 def random_track(seconds: float, extra: int = 17, seed: int = 0) -> torch.Tensor:
@@ -178,7 +208,7 @@ def test_bf16_autocast_runs_the_network_in_bfloat16():
     torch.manual_seed(0)
     spectrogram = Spectrogram(n_fft=256, hop_length=64, sample_rate=8000)
     model = RNNSeparator(spectrogram.nb_bins, spectrogram.max_bin, 2, 2, hidden_size=16, nb_layers=1)
-    system = SeparationSystem(model, spectrogram, ["a", "b"]).eval()
+    system = SeparationSystem(Separator(model, spectrogram, ["a", "b"])).eval()
     mixture = random_track(2)[0]
     plain = separate(system, mixture, SeparationSettings(chunk_seconds=1))
     reduced = separate(system, mixture, SeparationSettings(chunk_seconds=1, autocast=True))
@@ -254,3 +284,21 @@ def test_cuda_asked_for_without_one_is_a_one_line_error(smoke_run, cli):
     result = cli.run("msslab-eval", f"ckpt={smoke_run.last_checkpoint}", "device=cuda", "logger=none")
     assert result.returncode != 0
     assert "device=cuda: no CUDA device" in result.output and "Traceback" not in result.output, result.tail()
+
+
+def test_separate_uses_the_separators_wiener_filter_unless_settings_are_given():
+    """A Separator owns its Wiener settings (``replace`` gives another filter over the same weights);
+    settings passed to ``separate`` are complete and replace them for that call."""
+    separator = oracle_system().separator
+    filtered = separator.replace(wiener_iterations=1)
+    assert filtered.model is separator.model and filtered.spectrogram is separator.spectrogram
+    assert (separator.wiener_iterations, filtered.wiener_iterations) == (0, 1)
+    targets = random_track(1, seed=3)
+    mixture = targets.sum(0)
+    plain = separate(separator, mixture, targets=targets)
+    own = separate(filtered, mixture, targets=targets)
+    assert (own - plain).abs().max() > 1e-3
+    torch.testing.assert_close(separate(separator, mixture, SeparationSettings(wiener_iterations=1), targets=targets), own)
+    torch.testing.assert_close(separate(filtered, mixture, SeparationSettings(), targets=targets), plain)
+    with pytest.raises(TypeError, match="wiener_iteration"):
+        separator.replace(wiener_iteration=1)

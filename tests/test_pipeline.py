@@ -155,7 +155,7 @@ def test_a_checkpoint_from_before_run_identities_takes_it_from_its_run_directory
 
 def test_same_seed_trains_the_same_model(smoke_run, compose_train, tmp_path):
     """A second run of the smoke config (in-process, no logger, shorter test set) matches the session's run."""
-    from msslab.train import run
+    from msslab.training import run
 
     cfg = compose_train(["experiment=smoke", "logger=none", "data.test_tracks.nb_tracks=1",
                          "data.test_tracks.seconds=2.0"], tmp_path)
@@ -236,7 +236,7 @@ def test_oracle_is_far_above_the_trained_model_and_the_mixture(evaluations, smok
 # ------------------------------------------------------------------------------- failed runs
 
 def test_a_crashed_run_is_recorded_as_failed(compose_train, tmp_path):
-    from msslab.train import run
+    from msslab.training import run
 
     cfg = compose_train(["experiment=smoke", "logger=none", "data.chunk_seconds=30"], tmp_path)  # tracks are 6 s
     with pytest.raises(SystemExit) as exit_info:

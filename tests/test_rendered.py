@@ -20,7 +20,8 @@ from scipy import signal
 
 from msslab import CONFIG_DIR
 from msslab.data import DataError
-from msslab.data.rendered import DRUM_CHANNEL, SOURCES, RenderSpec, Song, render_song
+from msslab.data.compose import DRUM_CHANNEL, SOURCES, Song
+from msslab.data.fluidsynth import RenderSpec, render_dataset, render_song
 from msslab.system import build_system
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -148,8 +149,6 @@ def test_loads_through_the_datamodule_and_reuses_the_cache(rendered):
 
 def test_missing_fluidsynth_or_soundfont_is_named(tmp_path):
     spec = dict(nb_train=2, nb_test=1, seconds=1.0, sample_rate=SR, seed=0, gain=0.4, timing_ms=0.0)
-    from msslab.data.rendered import render_dataset
-
     with pytest.raises(DataError, match=r"data\.fluidsynth: .*no-such-fluidsynth"):
         render_dataset(RenderSpec(**spec, soundfont=SOUNDFONT, fluidsynth="no-such-fluidsynth"), tmp_path / "a")
     if shutil.which("fluidsynth") is None:

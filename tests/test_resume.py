@@ -28,7 +28,7 @@ def _results(run_dir: Path) -> dict:
 
 def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
     run_dir = tmp_path / "run"
-    process = cli.start("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}")
+    process = cli.start("msslab.cli.train", *KILLABLE, f"hydra.run.dir={run_dir}")
     step_ckpt = run_dir / "checkpoints" / "step.ckpt"
     deadline = time.monotonic() + LONG
     while not step_ckpt.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -40,12 +40,12 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
     hydra_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
 
     # A changed config is refused, naming the key, and the run's recorded config is kept.
-    changed = cli.run("msslab.train", *KILLABLE, "model.hidden_size=48", f"hydra.run.dir={run_dir}", "resume=auto",
+    changed = cli.run("msslab.cli.train", *KILLABLE, "model.hidden_size=48", f"hydra.run.dir={run_dir}", "resume=auto",
                       timeout=LONG)
     assert changed.returncode != 0 and "model.hidden_size: 32 -> 48" in changed.output, changed.tail()
     assert "Traceback" not in changed.output
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_config
-    resumed = cli.run("msslab.train", f"resume={run_dir}", timeout=LONG)  # the run's own overrides
+    resumed = cli.run("msslab.cli.train", f"resume={run_dir}", timeout=LONG)  # the run's own overrides
     assert resumed.returncode == 0, resumed.tail()
     results = _results(run_dir)
     assert results["status"] == "completed", results.get("error")
@@ -66,7 +66,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(cli, tmp_path):
 
 
 def test_runs_started_together_get_their_own_directories(cli, tmp_path):
-    runs = cli.run_all({seed: ["msslab.train", *TINY, "trainer.max_epochs=1", "logger=csv", "name=twin",
+    runs = cli.run_all({seed: ["msslab.cli.train", *TINY, "trainer.max_epochs=1", "logger=csv", "name=twin",
                                f"seed={seed}"] for seed in (1, 2)}, timeout=LONG)
     for result in runs.values():
         assert result.returncode == 0, result.tail()
@@ -78,7 +78,7 @@ def test_runs_started_together_get_their_own_directories(cli, tmp_path):
 
 def test_a_run_directory_in_use_is_refused(compose_train, tmp_path):
     from msslab.runs import locked
-    from msslab.train import run
+    from msslab.training import run
 
     cfg = compose_train([*TINY, "logger=none"], tmp_path)
     with locked(tmp_path):  # as a live run in another process holds it
@@ -89,7 +89,7 @@ def test_a_run_directory_in_use_is_refused(compose_train, tmp_path):
 
 
 def test_a_new_run_into_a_directory_holding_one_is_refused(compose_train, tmp_path):
-    from msslab.train import run
+    from msslab.training import run
 
     (tmp_path / ".msslab").mkdir()
     (tmp_path / ".msslab" / "config.yaml").write_text("seed: 1\n")  # a run started here before
@@ -102,14 +102,14 @@ def test_a_new_run_into_a_directory_holding_one_is_refused(compose_train, tmp_pa
 
 
 def test_a_logging_failure_after_the_scores_keeps_the_run_completed(compose_train, tmp_path, monkeypatch):
-    import msslab.train
+    import msslab.training
 
     def broken(*args, **kwargs):
         raise ConnectionError("W&B media upload refused")
 
-    monkeypatch.setattr(msslab.train, "log_test_results", broken)
+    monkeypatch.setattr(msslab.training, "log_test_results", broken)
     cfg = compose_train([*TINY, "trainer.max_epochs=1", "logger=csv"], tmp_path)
-    best_val = msslab.train.run(cfg)
+    best_val = msslab.training.run(cfg)
     results = _results(tmp_path)
     assert results["status"] == "completed" and results["best_val"] == pytest.approx(best_val)
     assert results["sources"]["vocals"]["SDR"] is not None
@@ -123,17 +123,17 @@ EMA = ("callbacks.weight_average={_target_:lightning.pytorch.callbacks.WeightAve
 def test_the_weight_average_is_what_checkpoints_and_the_test_use(compose_train, tmp_path):
     import torch
 
-    import msslab.train
+    import msslab.training
     from msslab.system import load_checkpoint
 
     cfg = compose_train([*TINY, "trainer.max_epochs=2", "logger=none", EMA], tmp_path)  # 2 steps an epoch
-    msslab.train.run(cfg)
+    msslab.training.run(cfg)
     results = _results(tmp_path)
     ckpt = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
     average, current = ckpt["state_dict"], ckpt["current_model_state"]
     assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"] >= 2  # updated after every step
     # The checkpoint's weights are the average, not the last step's; the test scored them.
-    assert any(not torch.equal(average[k], current[k]) for k in average if k.startswith("model.rnn."))
+    assert any(not torch.equal(average[k], current[k]) for k in average if k.startswith("separator.model.rnn."))
     system = load_checkpoint(results["best_checkpoint"])
     assert all(torch.equal(value, average[key]) for key, value in system.state_dict().items())
     assert results["status"] == "completed"
@@ -154,7 +154,7 @@ def test_an_old_run_without_its_stored_config_refuses_a_changed_one(cli, compose
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an old run's checkpoint")
     before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
 
-    result = cli.run("msslab.train", *KILLABLE, f"hydra.run.dir={run_dir}", "resume=auto", timeout=LONG)
+    result = cli.run("msslab.cli.train", *KILLABLE, f"hydra.run.dir={run_dir}", "resume=auto", timeout=LONG)
     assert result.returncode != 0 and "resume refused" in result.output, result.tail()
     assert "model.hidden_size: 48 -> 32" in result.output and "Traceback" not in result.output, result.tail()
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
@@ -184,7 +184,7 @@ def test_a_run_that_stopped_early_and_crashed_in_evaluation_trains_no_more(compo
     the same model: Lightning does not restore ``should_stop``, msslab's checkpoint does."""
     import torch
 
-    import msslab.train
+    import msslab.training
 
     # patience 1 and an unreachable min_delta: early stopping ends the fit after the second epoch
     stopping = [*TINY, "logger=none", "trainer.max_epochs=20", "callbacks.early_stopping.patience=1",
@@ -193,14 +193,14 @@ def test_a_run_that_stopped_early_and_crashed_in_evaluation_trains_no_more(compo
     def crash(*args, **kwargs):
         raise RuntimeError("out of memory in the evaluation")
 
-    monkeypatch.setattr(msslab.train, "evaluate_conditions", crash)
+    monkeypatch.setattr(msslab.training, "evaluate_conditions", crash)
     with pytest.raises(RuntimeError, match="out of memory"):
-        msslab.train.run(compose_train(stopping, tmp_path))
+        msslab.training.run(compose_train(stopping, tmp_path))
     assert _results(tmp_path)["status"] == "failed"
     stopped_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     monkeypatch.undo()
 
-    msslab.train.run(compose_train([*stopping, "resume=auto", "rerun_failed=true"], tmp_path))
+    msslab.training.run(compose_train([*stopping, "resume=auto", "rerun_failed=true"], tmp_path))
     results = _results(tmp_path)
     assert results["status"] == "completed" and results["global_step"] == stopped_at, (results["global_step"], stopped_at)
     assert results["steps_this_process"] == 0 and results["stop_reason"] == "early_stopping"

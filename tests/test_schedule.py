@@ -29,22 +29,22 @@ class RecordLR(pl.Callback):
 
 
 def _fit(compose_train, tmp_path, overrides, recorder=None):
-    import msslab.train
+    import msslab.training
 
     recorder = recorder or RecordLR()
     cfg = compose_train([*TINY, *overrides], tmp_path)
-    original = msslab.train.instantiate
+    original = msslab.training.instantiate
 
     def instantiate(config, *args, **kwargs):  # hand the trainer one more callback
         if kwargs.get("callbacks") is not None:
             kwargs["callbacks"] = [*kwargs["callbacks"], recorder]
         return original(config, *args, **kwargs)
 
-    msslab.train.instantiate = instantiate
+    msslab.training.instantiate = instantiate
     try:
-        msslab.train.run(cfg)
+        msslab.training.run(cfg)
     finally:
-        msslab.train.instantiate = original
+        msslab.training.instantiate = original
     return recorder.lrs, json.loads((tmp_path / "results.json").read_text())
 
 

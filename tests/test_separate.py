@@ -109,8 +109,8 @@ def test_blockwise_separation_equals_separating_the_whole_file(smoke_run, tmp_pa
     """Reading, resampling and writing in blocks (11025 Hz file, 8 kHz model) matches doing each step on
     the whole file at once: the block seams are exact to float rounding."""
     from msslab.data.audio import resample
-    from msslab.inference import SeparationSettings, separate
-    from msslab.separate import check_input, separate_file
+    from msslab.separation.inference import SeparationSettings, separate
+    from msslab.separation.files import check_input, separate_file
     from msslab.system import load_checkpoint
 
     system = load_checkpoint(smoke_run.last_checkpoint)

@@ -8,6 +8,7 @@ import torch
 
 from msslab.model import OracleIRM, Spectrogram
 from msslab.model.spectrogram import magnitude, phase_sensitive_magnitude
+from msslab.separation import Separator
 from msslab.system import SeparationSystem
 
 SR = 8000
@@ -91,8 +92,8 @@ def test_bad_stft_settings_name_the_key(kwargs, key):
 
 
 def _system(power: float = 1.0, residual: bool = False, targets=("a", "b", "c")) -> SeparationSystem:
-    return SeparationSystem(OracleIRM(power=power, residual=residual), Spectrogram(n_fft=512, hop_length=128, sample_rate=SR),
-                            list(targets)).eval()
+    return SeparationSystem(Separator(OracleIRM(power=power, residual=residual),
+                                      Spectrogram(n_fft=512, hop_length=128, sample_rate=SR), list(targets))).eval()
 
 
 def _tones(length: int = SR) -> torch.Tensor:
@@ -166,8 +167,8 @@ def test_oracle_cannot_separate_without_the_true_sources():
 def test_mixture_baseline_returns_the_mixture_for_every_target():
     from msslab.model import MixtureBaseline
 
-    system = SeparationSystem(MixtureBaseline(nb_targets=3), Spectrogram(n_fft=512, hop_length=128, sample_rate=SR),
-                              ["a", "b", "c"]).eval()
+    system = SeparationSystem(Separator(MixtureBaseline(nb_targets=3), Spectrogram(n_fft=512, hop_length=128, sample_rate=SR),
+                                        ["a", "b", "c"])).eval()
     mixture = noise(2, 2, 5000, seed=4)
     estimates = system(mixture)
     assert estimates.shape == (2, 3, 2, 5000)

@@ -1,6 +1,6 @@
 """Sweeps: the named presets compose into the intended jobs, and tiny sweeps run for real.
 
-The runs go through the real Hydra multirun (``python -m msslab.train -m ...``) at a size
+The runs go through the real Hydra multirun (``python -m msslab.cli.train -m ...``) at a size
 far below ``experiment=smoke``: two sources, one epoch, two 3 s test tracks.
 """
 
@@ -93,15 +93,18 @@ def test_ablation_augmentation_composes_the_ten_augmentation_sets():
 def _nb_parameters(cfg) -> int:
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=2,
-                        nb_targets=len(cfg.data.targets))
+                        nb_targets=len(cfg.data.targets), residual=False, sample_rate=spectrogram.sample_rate)
     return sum(p.numel() for p in model.parameters())
 
 
-def test_ablation_rnn_matches_parameter_counts():
-    jobs = sweep_jobs("ablation_rnn")
+@pytest.mark.parametrize("model", [None, "bsrnn"])
+def test_ablation_rnn_matches_parameter_counts(model):
+    """The four cell/direction variants, of the RNN separator or (``model=bsrnn``) of the band-split RNN."""
+    jobs = sweep_jobs("ablation_rnn", *([f"model={model}"] if model else []))
     counts = {}
     for job in jobs:
         cfg = _compose(job)
+        assert cfg.model._target_.endswith("BandSplitRNN" if model else "RNNSeparator")
         counts[(cfg.model.cell, cfg.model.bidirectional)] = _nb_parameters(cfg)
         assert cfg.name == "ablation_rnn" and sorted(augmentations(cfg)) == sorted(PAPER_FOUR)
     assert set(counts) == {("lstm", False), ("gru", False), ("lstm", True), ("gru", True)}
@@ -113,10 +116,10 @@ def test_sweeps_cross_and_add_seeds():
     # augmentation x model: both presets at once, plus three seeds on the command line
     jobs = sweep_jobs("[ablation_augmentation,ablation_rnn]", "seed=1,2,3")
     assert len(jobs) == 10 * 4 * 3
-    job = next(j for j in jobs if "model=bgru" in j and "augmentation=[]" in j and "seed=2" in j)
+    job = next(j for j in jobs if "rnn=bgru" in j and "augmentation=[]" in j and "seed=2" in j)
     cfg = _compose(job)
     assert augmentations(cfg) == [] and cfg.model.cell == "gru" and cfg.model.bidirectional and cfg.seed == 2
-    assert cfg.model.hidden_size == cfg.matched_hidden_size.bgru
+    assert cfg.model.hidden_size == cfg.matched_hidden_size.blstm.bgru
 
 
 def test_search_preset_is_an_optuna_study_maximising_validation_sdr():
@@ -152,9 +155,9 @@ def test_sweep_and_run_dirs_are_unique_per_launch():
 # ---------------------------------------------------------------- real sweeps
 
 def multirun(cwd: Path, sweep_dir: Path, *overrides: str, timeout: float = 600) -> str:
-    """``python -m msslab.train -m <overrides>`` into ``sweep_dir``; returns its output."""
+    """``python -m msslab.cli.train -m <overrides>`` into ``sweep_dir``; returns its output."""
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-    args = [sys.executable, "-m", "msslab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    args = [sys.executable, "-m", "msslab.cli.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"$ {' '.join(args)}\n{output[-5000:]}"
@@ -162,7 +165,7 @@ def multirun(cwd: Path, sweep_dir: Path, *overrides: str, timeout: float = 600) 
 
 
 def compare(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "msslab.compare", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "msslab.cli.compare", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=os.environ | {"MPLBACKEND": "Agg"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -315,7 +318,7 @@ def test_a_relaunched_sweep_runs_only_unfinished_jobs(tmp_path):
 
 def search(cwd: Path, sweep_dir: Path, *overrides: str) -> str:
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-    args = [sys.executable, "-m", "msslab.search", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    args = [sys.executable, "-m", "msslab.cli.search", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"$ {' '.join(args)}\n{output[-5000:]}"
@@ -359,7 +362,7 @@ def test_search_prunes_persists_completes_and_survives_trials_without_a_score(tm
     # removed is refused (its trials would train otherwise); in a study of its own the trial
     # fails, and the search finishes.
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    refused = subprocess.run([sys.executable, "-m", "msslab.search", *args, "search.n_trials=3", "~callbacks.checkpoint",
+    refused = subprocess.run([sys.executable, "-m", "msslab.cli.search", *args, "search.n_trials=3", "~callbacks.checkpoint",
                               f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
     assert refused.returncode != 0 and "~callbacks.checkpoint: '<absent>' -> ''" in refused.stderr, refused.stderr

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import MsslabError
 from .results import FILENAME as RESULTS_FILE
-from .results import atomic_write_text
+from .results import ResultsError, atomic_write_text, read_results
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def locked(run_dir: Path) -> Iterator[None]:
 def read_status(run_dir: Path) -> dict | None:
     """The run's results.json, or None when there is none (never finished) or it is unreadable."""
     try:
-        return json.loads((Path(run_dir) / RESULTS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_results(run_dir)
+    except ResultsError:
         return None
 
 
@@ -253,7 +253,7 @@ def check_stored_overrides(overrides: list[str], source: Path) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .errors import UnsafeConfigError
-    from .evaluate import CONF_DIR
+    from . import CONFIG_DIR
     from .trust import check_config, run_targets
 
     parser = OverridesParser.create()
@@ -268,7 +268,7 @@ def check_stored_overrides(overrides: list[str], source: Path) -> None:
         for part in reversed(override.key_or_group.split(".")):
             node = {part: node}
         try:
-            check_config(_plain(node), run_targets(str(CONF_DIR)), interpolations=True)
+            check_config(_plain(node), run_targets(str(CONFIG_DIR)), interpolations=True)
         except UnsafeConfigError as exc:
             raise MsslabError(f"resume: {source}: {exc}; give it on the command line if you mean it") from None
 

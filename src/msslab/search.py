@@ -1,4 +1,5 @@
-"""``msslab-search``: an Optuna study that persists in its sweep directory and prunes trials.
+"""Optuna search (the library under ``msslab-search``, ``msslab.cli.search``): a study that persists in its
+sweep directory and prunes trials; :func:`pruning_callback` is the training side of it.
 
 ``msslab-search experiment=search [overrides] ['key=choice(...)' ...]`` composes the same
 train config as ``msslab-train``; the study settings and search space are its ``search``
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from . import CONFIG_DIR
 from .errors import MsslabError
 
 log = logging.getLogger(__name__)
@@ -152,12 +154,10 @@ class Search:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
-        from .evaluate import CONF_DIR
-
         parser = OverridesParser.create()
         overrides = parser.parse_overrides(argv)
         self.fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=self.fixed, return_hydra_config=True)
         if cfg.get("search") is None:
             raise MsslabError("msslab-search needs a config with a `search` node: add experiment=search")
@@ -184,7 +184,7 @@ class Search:
         from .runs import is_finite, read_status
 
         job_dir = self.sweep_dir / str(number)
-        args = [sys.executable, "-m", "msslab.train", *self.fixed, *(f"{k}={_value(v)}" for k, v in params.items()),
+        args = [sys.executable, "-m", "msslab.cli.train", *self.fixed, *(f"{k}={_value(v)}" for k, v in params.items()),
                 f"hydra.run.dir={job_dir}", "resume=auto", f"rerun_failed={str(self.rerun_failed).lower()}",
                 f"search.trial={number}", f"search.storage={self.storage}"]
         log.info("trial %d: %s", number, " ".join(f"{k}={_value(v)}" for k, v in params.items()))
@@ -243,19 +243,3 @@ class Search:
             summary |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params}
         atomic_write_text(self.sweep_dir / "optimization_results.yaml", yaml.safe_dump(summary, sort_keys=False))
         return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``msslab-search [train overrides] [sweep overrides]``; see the module docstring."""
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s] %(message)s")
-    log.setLevel(logging.INFO)  # this module's progress; not every library's
-    try:
-        summary = Search(sys.argv[1:] if argv is None else argv).run()
-    except MsslabError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(f"study {summary['study_name']}: {summary['trials']}; best: "
-          f"{summary.get('best_value')} {summary.get('best_params', '')}")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,95 +9,91 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from .loss import check_mask_kind
 from .metric.sdr import FAST_METRICS
 from .model.spectrogram import Spectrogram, magnitude, phase_sensitive_magnitude
-from .model.wiener import wiener
 from .schedule import training_progress
+from .separation.separator import Separator
 
 
 class SeparationSystem(pl.LightningModule):
-    """Trains and runs a mask-based separator.
+    """Trains a :class:`~msslab.separation.Separator`: loss, optimiser, validation scores.
+
+    How a mixture is separated (STFT, network, masks, Wiener filter) is the separator's; this
+    module adds what training needs and delegates ``forward`` to it.
 
     Args:
-        model: maps mixture magnitudes ``(B, C, F, T)`` to masks ``(B, S, C, F, T)``;
-            a model with ``needs_targets = True`` (the oracle) gets the true sources too.
-        spectrogram: the STFT front end.
-        targets: target names, in the order of the model's masks.
+        separator: what is trained; its network's parameters are this module's
+            (state-dict keys ``separator.model.*``; checkpoints written before, with ``model.*``,
+            load too).
         loss: a ``msslab.loss`` module (its ``domain`` says what it compares).
         optimizer, scheduler: partial constructors (Hydra ``_partial_: true``); the
             scheduler steps on ``val/loss`` when it is a ReduceLROnPlateau, after every
             batch when it says ``interval = "step"`` (``msslab.schedule.AnnealedLR``).
         val_metric: ``sdr`` or ``si_sdr``, logged per target each validation epoch.
-        wiener_iterations: multichannel Wiener filter iterations at inference (0: plain masking).
-        wiener_exponent: the spectrogram exponent of the Wiener gains (``msslab.model.wiener``).
-        residual: the targets do not cover the mixture (used by the Wiener post-process).
         config: the resolved run config, stored in checkpoints so they rebuild themselves.
     """
 
-    def __init__(self, model: nn.Module, spectrogram: Spectrogram, targets: list[str], loss: nn.Module | None = None,
-                 optimizer=None, scheduler=None, val_metric: str = "sdr", wiener_iterations: int = 0,
-                 residual: bool = False, config: dict | None = None, wiener_exponent: float = 2.0):
+    def __init__(self, separator: Separator, loss: nn.Module | None = None, optimizer=None, scheduler=None,
+                 val_metric: str = "sdr", config: dict | None = None):
         super().__init__()
         if val_metric not in FAST_METRICS:
             raise ValueError(f"metric.validation: unknown metric {val_metric!r}; choose one of {sorted(FAST_METRICS)}")
-        self.model, self.spectrogram, self.targets, self.loss = model, spectrogram, list(targets), loss
+        self.separator, self.loss = separator, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.val_metric, self.wiener_iterations, self.residual = val_metric, wiener_iterations, residual
-        self.wiener_exponent = wiener_exponent
+        self.val_metric = val_metric
         self.config = config
         if hasattr(loss, "bind_targets"):
             loss.bind_targets(self.targets)
+        check_mask_kind(loss, self.model)  # e.g. a magnitude loss with complex masks: refused before any data is read
         self._val_scores: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._val_indices: list[torch.Tensor] = []  # the validation set index of each scored chunk
         self._val_order: list[int] | None = None
+        self._register_load_state_dict_pre_hook(_renamed_keys)
+
+    # The separator's parts, read-only here (training code and tests read them).
+    @property
+    def model(self) -> nn.Module:
+        return self.separator.model
+
+    @property
+    def spectrogram(self) -> Spectrogram:
+        return self.separator.spectrogram
+
+    @property
+    def targets(self) -> list[str]:
+        return self.separator.targets
 
     @property
     def needs_targets(self) -> bool:
-        return getattr(self.model, "needs_targets", False)
+        return self.separator.needs_targets
 
-    def masks(self, mixture_spec: torch.Tensor, target_specs: torch.Tensor | None = None,
-              mixture_magnitude: torch.Tensor | None = None) -> torch.Tensor:
-        """Masks from the mixture spectrogram (``mixture_magnitude``: its magnitude, when the caller has it)."""
-        if self.needs_targets:
-            if target_specs is None:
-                raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
-            return self.model(mixture_spec, target_specs)
-        return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
+    @property
+    def complex_masks(self) -> bool:
+        return self.separator.complex_masks
 
-    def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, wiener_iterations: int | None = None,
-                autocast: bool = False, wiener_float64: bool = False,
-                wiener_exponent: float | None = None) -> torch.Tensor:
-        """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)`` (masking with the mixture phase).
+    def masks(self, *args, **kwargs) -> torch.Tensor:
+        return self.separator.masks(*args, **kwargs)
 
-        ``wiener_iterations`` and ``wiener_exponent`` (None: the system's own) refine the masked
-        estimates with the multichannel Wiener filter; ``autocast`` runs the network in bfloat16 (STFT and
-        Wiener filter stay float32).
-        """
-        mixture_spec = self.spectrogram(mixture)
-        target_specs = self.spectrogram(targets) if targets is not None else None
-        with torch.autocast(mixture.device.type, dtype=torch.bfloat16, enabled=autocast):
-            masks = self.masks(mixture_spec, target_specs)
-        estimate_specs = masks.to(mixture.dtype) * mixture_spec.unsqueeze(1)
-        iterations = self.wiener_iterations if wiener_iterations is None else wiener_iterations
-        if iterations > 0:
-            estimate_specs = self._wiener(estimate_specs, mixture_spec, iterations, wiener_float64, wiener_exponent)
-        return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
-
-    def _wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, iterations: int | None = None,
-                float64: bool = True, exponent: float | None = None) -> torch.Tensor:
-        """Multichannel Wiener filtering of the masked estimates, batched on their device
-        (``iterations`` None: the system's own). Float64 unless told otherwise, as norbert was:
-        the streamer's few-frame contexts need its small regulariser; ``forward`` passes
-        ``separation.wiener_float64``."""
-        iterations = self.wiener_iterations if iterations is None else iterations
-        exponent = self.wiener_exponent if exponent is None else exponent
-        return wiener(estimate_specs.abs(), mixture_spec, iterations, residual=self.residual, float64=float64,
-                      exponent=exponent)
+    def forward(self, mixture: torch.Tensor, targets: torch.Tensor | None = None, autocast: bool = False) -> torch.Tensor:
+        """Mixture ``(B, C, samples)`` -> estimates ``(B, S, C, samples)``: :meth:`Separator.forward`."""
+        return self.separator(mixture, targets, autocast=autocast)
 
     def _step(self, batch, waveforms: bool = False):
         """``(loss, estimates)``; the estimate waveforms are made when the loss or ``waveforms`` needs them."""
         mixture, targets = batch
         mixture_spec = self.spectrogram(mixture)
+        if self.complex_masks or self.loss.domain == "complex":
+            # complex estimates: the masked mixture, its waveform and the true spectrograms
+            estimate_specs = self.masks(mixture_spec) * mixture_spec.unsqueeze(1)
+            estimates = self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
+            if self.loss.domain == "waveform":
+                return self.loss(estimates, targets), estimates
+            if self.loss.domain != "complex":  # check_mask_kind refused it at start-up
+                raise ValueError(f"loss domain {self.loss.domain!r} cannot train complex masks")
+            with torch.no_grad():
+                target_specs = self.spectrogram(targets)
+            return self.loss(estimate_specs, target_specs, estimates, targets), estimates
         mixture_magnitude = magnitude(mixture_spec)
         masks = self.masks(mixture_spec, mixture_magnitude=mixture_magnitude)
         estimates = None
@@ -173,6 +169,14 @@ class SeparationSystem(pl.LightningModule):
         checkpoint["msslab_config"] = self.config
 
 
+def _renamed_keys(state_dict, prefix, *args):
+    """Load a state dict written before the network moved into the separator (``model.*``,
+    ``spectrogram.*`` -> ``separator.model.*``, ``separator.spectrogram.*``), as checkpoints of msslab
+    up to 0.1.0 hold; a Lightning resume loads through here too."""
+    for old in [k for k in state_dict if k.startswith((prefix + "model.", prefix + "spectrogram."))]:
+        state_dict[prefix + "separator." + old[len(prefix):]] = state_dict.pop(old)
+
+
 def covers_mixture(sources: list[str], groups: dict[str, list[str]]) -> bool:
     """Whether the targets sum to the whole mixture (else models add a residual class)."""
     return sorted(s for members in groups.values() for s in members) == sorted(sources)
@@ -188,17 +192,19 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
     from omegaconf import OmegaConf
 
     from .results import run_identity
+    from .separation.inference import SeparationSettings
 
     # The training run's identity travels in the checkpoint (evaluations record it, not their own).
     run = OmegaConf.to_container(cfg.run) if cfg.get("run") else run_identity(cfg)
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=nb_channels,
                         nb_targets=len(targets), residual=residual, sample_rate=spectrogram.sample_rate)
+    settings = SeparationSettings.resolve(None, OmegaConf.to_container(cfg.separation)) if cfg.get("separation") \
+        else SeparationSettings()
+    separator = Separator(model, spectrogram, targets, residual, **settings.wiener)
     return SeparationSystem(
-        model, spectrogram, targets, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        val_metric=cfg.metric.validation, wiener_iterations=cfg.separation.wiener_iterations, residual=residual,
-        wiener_exponent=cfg.separation.get("wiener_exponent", 2.0),
+        separator, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, val_metric=cfg.metric.validation,
         config=OmegaConf.to_container(cfg, resolve=True) | {"targets": targets, "nb_channels": nb_channels, "residual": residual,
                                                             "run": run})
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -191,8 +192,6 @@ def check_overrides(overrides: Sequence[str], config_dir: str | Path) -> None:
     are parsed with Hydra's own override grammar. ``config_dir`` is the primary
     config folder (its ``augmentation/`` subfolder holds the choices).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     choices = sorted(p.stem for p in Path(config_dir, "augmentation").glob("*.yaml"))
     relevant = [o for o in overrides if o.lstrip("+~").startswith("augmentation=")]
     if not relevant:

@@ -72,7 +72,7 @@ class MusdbTracks(FileTracks):
         return folder / f"{name}{SUFFIX}"
 
     def scan_track(self, folder, name):
-        import stempeg  # needs ffmpeg at import, checked in prepare()
+        import stempeg  # lazy: needs ffmpeg at import, which prepare() checks first
 
         path = self.track_path(folder, name)
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -69,7 +70,7 @@ def log_test_results(loggers: list[Logger], results: dict, example: dict | None 
 
 
 def _log_wandb_media(logger: WandbLogger, results: dict, example: dict | None) -> None:
-    import wandb
+    import wandb  # lazy: about 1 s of import, which only runs that log to W&B pay
 
     rows = [[t] + [s.get(m) for m in ("SDR", "SIR", "SAR", "ISR")] for t, s in results["sources"].items()]
     logger.log_table("test/museval", columns=["target", "SDR", "SIR", "SAR", "ISR"], data=rows)
@@ -91,11 +92,7 @@ def _log_wandb_media(logger: WandbLogger, results: dict, example: dict | None) -
 
 def spectrogram_figure(clips: dict[str, np.ndarray], sample_rate: int, seconds: float, title: str):
     """One log-magnitude spectrogram panel per clip (first ``seconds`` of each, mono sum)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # files only; never open a window (the figure goes to W&B)
     fig, axes = plt.subplots(len(clips), 1, figsize=(8, 1.8 * len(clips)), sharex=True, constrained_layout=True)
     for ax, (name, clip) in zip(np.atleast_1d(axes), clips.items()):
         ax.specgram(clip[:, : int(seconds * sample_rate)].mean(0), NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma", vmin=-120)

@@ -33,6 +33,7 @@ DEFAULT_SOLVER = "stable"
 
 
 def _import_museval():
+    # Lazy: importing museval fails without ffmpeg on PATH, which only backend=museval needs.
     try:
         import museval
     except Exception as exc:  # museval -> musdb -> stempeg checks for ffmpeg at import time

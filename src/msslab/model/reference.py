@@ -20,6 +20,7 @@ class OracleIRM(nn.Module):
     """
 
     needs_targets = True
+    mask_kind = "magnitude"
 
     def __init__(self, power: float = 1.0, residual: bool = False, sample_rate: float | None = None,
                  coarse_above: float | None = None, coarse_width: int = 1, **unused):
@@ -42,6 +43,7 @@ class MixtureBaseline(nn.Module):
     """Every estimate is the mixture itself (all masks 1): the floor any separator must beat."""
 
     needs_targets = False
+    mask_kind = "magnitude"
 
     def __init__(self, nb_targets: int, **unused):
         super().__init__()

@@ -37,6 +37,8 @@ class RNNSeparator(nn.Module):
             44.1 kHz with 2049 bins, width 8 above 4 kHz decodes 582 per target and channel.
     """
 
+    mask_kind = "magnitude"  # real masks >= 0 on the mixture magnitude (BandSplitRNN: complex)
+
     def __init__(self, nb_bins: int, max_bin: int, nb_channels: int, nb_targets: int, cell: str = "lstm",
                  bidirectional: bool = True, nb_layers: int = 3, hidden_size: int = 256, dropout: float = 0.3,
                  mask: str = "softmax", residual: bool = False, sample_rate: float | None = None,

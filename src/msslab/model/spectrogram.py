@@ -49,7 +49,9 @@ class Spectrogram(nn.Module):
         max_freq: bins above this frequency (Hz) are not fed to the network (None: all).
     """
 
-    def __init__(self, n_fft: int = 1024, hop_length: int = 256, window: str = "hann", sample_rate: int = 16000,
+    # n_fft and hop_length have no code defaults: conf/train.yaml's `stft` node is where they are set.
+    # The defaults below are the ones that node composes to (tests/test_inference.py checks they agree).
+    def __init__(self, n_fft: int, hop_length: int, window: str = "hann", sample_rate: int = 16000,
                  max_freq: float | None = None):
         super().__init__()
         if window not in WINDOWS:
@@ -74,7 +76,7 @@ class Spectrogram(nn.Module):
         """``(..., nb_bins, frames)`` complex -> ``(..., length)`` real."""
         return self.inverse_stft(spec, length=length)
 
-    # Frame-level pieces of the two transforms, for streaming (msslab.streaming): the centred
+    # Frame-level pieces of the two transforms, for streaming (msslab.separation.streaming): the centred
     # STFT above is these frames of the reflect-padded signal, and its inverse is the overlap-add
     # of the inverse frames divided by the overlap-add of the squared window.
     @property

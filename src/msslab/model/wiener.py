@@ -42,8 +42,7 @@ def _invert(m: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.linalg.pinv(m, rtol=eps)
 
 
-def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations: int,
-                             exponent: float = 2.0) -> torch.Tensor:
+def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations: int, exponent: float) -> torch.Tensor:
     """Refine source estimates ``y`` ``(B, S, C, F, T)`` of ``mixture`` ``(B, C, F, T)`` (complex) by EM.
 
     ``exponent``: the source spectrograms enter the gains as ``|y|^exponent`` (2: power
@@ -67,9 +66,12 @@ def expectation_maximization(y: torch.Tensor, mixture: torch.Tensor, iterations:
     return y.permute(0, 1, 4, 2, 3)
 
 
-def wiener(v: torch.Tensor, mixture: torch.Tensor, iterations: int = 1, residual: bool = False,
-           float64: bool = False, exponent: float = 2.0) -> torch.Tensor:
-    """Multichannel Wiener filter, as ``norbert.wiener(..., use_softmask=True)``.
+def wiener(v: torch.Tensor, mixture: torch.Tensor, iterations: int, residual: bool = False,
+           float64: bool = False, *, exponent: float) -> torch.Tensor:
+    """Multichannel Wiener filter, as ``norbert.wiener(..., use_softmask=True)`` with ``exponent=2``.
+
+    ``iterations`` and ``exponent`` have no defaults here: their defaults are the ``separation``
+    block's (``conf/train.yaml``, read by :class:`msslab.separation.inference.SeparationSettings`).
 
     Args:
         v: ``(B, S, C, F, T)`` non-negative source magnitude estimates.

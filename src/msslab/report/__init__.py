@@ -3,9 +3,9 @@
 Read runs with :func:`load_runs`, or do everything with :func:`compare_runs`.
 """
 
-from msslab.report.build import Report, compare_runs, paper_table
-from msslab.report.runs import CompareError, load_runs, track_scores
-from msslab.report.stats import PairedResult, compare_to_baseline, paired_test, select_baseline, summarize
+from .build import Report, compare_runs, paper_table
+from .runs import CompareError, load_runs, track_scores
+from .stats import PairedResult, compare_to_baseline, paired_test, select_baseline, summarize
 
 __all__ = [
     "CompareError",

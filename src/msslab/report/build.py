@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from msslab.report import plots
-from msslab.report.conditions import CLEAN, condition_tests, robustness, seed_table
-from msslab.report.runs import CompareError, condition_scores, load_runs, track_scores
-from msslab.report.stats import TESTS, compare_to_baseline, min_pairs, ordered, select_baseline, summarize
-from msslab.report.write import claim, fmt, md_table, record
+from . import plots
+from .conditions import CLEAN, condition_tests, robustness, seed_table
+from .runs import CompareError, condition_scores, load_runs, track_scores
+from .stats import TESTS, compare_to_baseline, min_pairs, ordered, select_baseline, summarize
+from .write import claim, fmt, md_table, record
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,59 @@ def compare_runs(
     ``paper_sources`` as Source 1, Source 2, ... plus ``paper_table.md``.
     ``pool_over``: keys whose values are replicates of one variant (seeds).
     Returns the :class:`Report`; raises :class:`CompareError` on bad input.
+
+    The steps, in order: read runs -> variants -> tests -> output files -> tables
+    -> figures -> markdown.
     """
+    check_options(test, alpha, correction)
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    metrics, plot_metrics, paper_sources = list(metrics), list(plot_metrics), list(paper_sources)
+    wanted = ordered(metrics + plot_metrics + (["SDR", "SIR"] if paper_figures else []))
+
+    runs, scores = read_runs(dirs, wanted, pool_over, progress)
+    paper_figures = paper_figures and len(scores) > 0  # nothing to draw without scores
+    if paper_figures:
+        check_paper_sources(scores, paper_sources)
+    summary, base = variants(runs, scores, wanted, baseline)
+    tests, conditions, ctests, drops = paired_tests(runs, scores, base, wanted, metrics, test, alpha, correction)
+
+    out = output_dir(output, dirs)
+    names = file_names(plot_metrics if len(scores) else [], paper_figures)
+    claim(out, names.values())
+    report = Report(runs, scores, summary, tests, base, out, conditions, ctests, drops)
+    files = {role: out / name for role, name in names.items()}
+    write_tables(report, files)
+    draw_figures(report, files, plot_metrics if len(scores) else [], paper_sources if paper_figures else None)
+    paper_md = paper_table(summary, paper_sources) if paper_figures else ""
+    if paper_figures:
+        files["paper_table"].write_text("<!-- written by msslab-compare; regenerate freely -->\n" + paper_md + "\n")
+    text = markdown(report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md)
+    files["markdown"].write_text(text + conditions_markdown(report, plot_metrics, test, alpha, files))
+    record(out, names.values())
+    report.files = files
+    return report
+
+
+# ---------------------------------------------------------------------------
+# the steps of compare_runs
+
+
+def check_options(test: str, alpha: float, correction: str) -> None:
+    """Raise :class:`CompareError` on an unknown test, an ``alpha`` outside (0, 1) or Holm without Wilcoxon."""
     if test not in TESTS:
         raise CompareError(f"unknown test={test!r}: choose one of {', '.join(TESTS)}")
     if not 0 < alpha < 1:
         raise CompareError(f"alpha must be between 0 and 1, got {alpha}")
     if correction == "holm" and test != "wilcoxon":
         raise CompareError("correction=holm adjusts p-values, so it needs test=wilcoxon")
-    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
-    metrics, plot_metrics, paper_sources = list(metrics), list(plot_metrics), list(paper_sources)
 
+
+def read_runs(dirs: list[str | Path], wanted: list[str], pool_over: Sequence[str],
+              progress: bool | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Directories in, ``(runs, scores)`` out: one row per run, and the per-track ``wanted`` metrics (dB)
+    of the completed runs (long). Logs each failed run; :class:`CompareError` if a wanted metric is
+    in no completed run's results."""
     runs = load_runs(dirs, pool_over=pool_over, progress=progress)
-    wanted = ordered(metrics + plot_metrics + (["SDR", "SIR"] if paper_figures else []))
     scores = track_scores(runs, wanted)
     done = runs["status"] == "completed"
     log.info("%d runs in %d variants: %d completed", len(runs), runs["variant"].nunique(), int(done.sum()))
@@ -111,68 +152,90 @@ def compare_runs(
         missing = [m for m in wanted if m not in available]
         if missing:
             raise CompareError(f"metric(s) {', '.join(missing)} not in any results; available: {', '.join(available)}")
-    sources = ordered(scores["source"])
-    if paper_figures and len(scores):
-        absent = [s for s in paper_sources if s not in sources]
-        if absent:
-            raise CompareError(
-                f"paper_sources {absent} not in the results; available sources: {', '.join(sources)} "
-                f"(choose with paper_sources=[...])"
-            )
+    return runs, scores
 
+
+def check_paper_sources(scores: pd.DataFrame, paper_sources: list[str]) -> None:
+    """:class:`CompareError` naming the sources of ``paper_sources`` that no run scored."""
+    sources = ordered(scores["source"])
+    absent = [s for s in paper_sources if s not in sources]
+    if absent:
+        raise CompareError(
+            f"paper_sources {absent} not in the results; available sources: {', '.join(sources)} "
+            f"(choose with paper_sources=[...])"
+        )
+
+
+def variants(runs: pd.DataFrame, scores: pd.DataFrame, wanted: list[str],
+             baseline: str | Sequence[str] | None) -> tuple[pd.DataFrame, str | None]:
+    """Runs and scores in, ``(summary, baseline)`` out: one row per variant (``comparison.csv``) and
+    the name of the baseline variant (None when there are no runs)."""
     summary = summarize(runs, scores, wanted)
-    base = select_baseline(runs, baseline) if len(runs) else None
+    return summary, select_baseline(runs, baseline) if len(runs) else None
+
+
+def paired_tests(runs: pd.DataFrame, scores: pd.DataFrame, base: str | None, wanted: list[str], metrics: list[str],
+                 test: str, alpha: float, correction: str):
+    """Each variant against ``base``, paired on (track, seed): ``(tests, conditions, condition tests,
+    robustness)`` frames (the clean condition only for runs evaluated without test conditions):
+    tests on the clean scores, seed means with 95% intervals per condition, tests per condition,
+    and the drops from clean."""
     splits = dict(zip(runs["variant"], runs["split"]))  # evaluations on other songs are not paired with them
     tests = compare_to_baseline(scores, base, metrics, method=test, alpha=alpha, correction=correction, splits=splits)
-    # Test conditions (clean only for runs evaluated without them): seed means, paired tests, drops.
     by_condition = condition_scores(runs, wanted)
     level = 0.95
     conditions = seed_table(by_condition, level)
     ctests = condition_tests(by_condition, base, metrics, method=test, alpha=alpha, correction=correction,
                              splits=splits) \
         if base is not None and len(by_condition) else pd.DataFrame()
-    drops = robustness(by_condition, level)
+    return tests, conditions, ctests, robustness(by_condition, level)
 
+
+def output_dir(output: str | Path | None, dirs: list[str | Path]) -> Path:
+    """The report folder: ``output``, else the first of ``dirs`` (its folder when that is a results.json)."""
     out = Path(output) if output is not None else Path(dirs[0])
-    if out.is_file():
-        out = out.parent  # dirs[0] was a results.json
+    return out.parent if out.is_file() else out
+
+
+def file_names(plot_metrics: Sequence[str], paper_figures: bool) -> dict[str, str]:
+    """Role -> file name of everything the report writes: the tables always, the charts of
+    ``plot_metrics``, and the paper's figures and table with ``paper_figures``."""
     names = {"markdown": MARKDOWN, "csv": CSV, "runs_csv": RUNS_CSV, "tests_csv": TESTS_CSV,
              "conditions_csv": CONDITIONS_CSV, "condition_tests_csv": CONDITION_TESTS_CSV,
              "robustness_csv": ROBUSTNESS_CSV}
-    if len(scores):
-        for metric in plot_metrics:
-            names[f"bars_{metric}"] = bars_png(metric)
-            names[f"boxes_{metric}"] = boxes_png(metric)
-            names[f"conditions_{metric}"] = conditions_png(metric)
-    if paper_figures and len(scores):
+    for metric in plot_metrics:
+        names[f"bars_{metric}"] = bars_png(metric)
+        names[f"boxes_{metric}"] = boxes_png(metric)
+        names[f"conditions_{metric}"] = conditions_png(metric)
+    if paper_figures:
         names |= {f"paper_{m}": png for m, (png, _) in PAPER_FIGURES.items()} | {"paper_table": PAPER_TABLE}
-    claim(out, names.values())
-    report = Report(runs, scores, summary, tests, base, out, conditions, ctests, drops)
-    files = {role: out / name for role, name in names.items()}
+    return names
 
-    summary.to_csv(files["csv"], index=False)
-    runs_table = runs.drop(columns=["path", "settings", "sources", "tracks", "conditions"])
+
+def write_tables(report: Report, files: dict[str, Path]) -> None:
+    """The report's frames into their CSV files (``files``: role -> path, from :func:`file_names`)."""
+    report.summary.to_csv(files["csv"], index=False)
+    runs_table = report.runs.drop(columns=["path", "settings", "sources", "tracks", "conditions"])
     runs_table.to_csv(files["runs_csv"], index=False)
-    tests.to_csv(files["tests_csv"], index=False)
-    conditions.to_csv(files["conditions_csv"], index=False)
-    ctests.to_csv(files["condition_tests_csv"], index=False)
-    drops.to_csv(files["robustness_csv"], index=False)
-    variants = list(summary["variant"])
-    for metric in plot_metrics if len(scores) else []:
-        plots.bar_chart(summary, sources, metric, files[f"bars_{metric}"])
-        plots.box_plots(scores, variants, metric, files[f"boxes_{metric}"])
-        plots.condition_chart(conditions, variants, metric, files[f"conditions_{metric}"])
-    paper_md = ""
-    if paper_figures and len(scores):
+    report.tests.to_csv(files["tests_csv"], index=False)
+    report.conditions.to_csv(files["conditions_csv"], index=False)
+    report.condition_tests.to_csv(files["condition_tests_csv"], index=False)
+    report.robustness.to_csv(files["robustness_csv"], index=False)
+
+
+def draw_figures(report: Report, files: dict[str, Path], plot_metrics: Sequence[str],
+                 paper_sources: Sequence[str] | None) -> None:
+    """PNG files: bars, boxes and per-condition charts of each of ``plot_metrics``, and the paper's
+    Fig. 2 and 3 for ``paper_sources`` (None: no paper figures)."""
+    sources = ordered(report.scores["source"])
+    variants = list(report.summary["variant"])
+    for metric in plot_metrics:
+        plots.bar_chart(report.summary, sources, metric, files[f"bars_{metric}"])
+        plots.box_plots(report.scores, variants, metric, files[f"boxes_{metric}"])
+        plots.condition_chart(report.conditions, variants, metric, files[f"conditions_{metric}"])
+    if paper_sources is not None:
         for metric, (_, title) in PAPER_FIGURES.items():
-            plots.paper_figure(summary, paper_sources, metric, title, files[f"paper_{metric}"])
-        paper_md = paper_table(summary, paper_sources)
-        files["paper_table"].write_text("<!-- written by msslab-compare; regenerate freely -->\n" + paper_md + "\n")
-    text = markdown(report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md)
-    files["markdown"].write_text(text + conditions_markdown(report, plot_metrics, test, alpha, files))
-    record(out, names.values())
-    report.files = files
-    return report
+            plots.paper_figure(report.summary, paper_sources, metric, title, files[f"paper_{metric}"])
 
 
 # ---------------------------------------------------------------------------
@@ -203,12 +266,19 @@ def _score_cell(row: dict, source: str, metric: str) -> str:
 
 
 def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correction, files, paper_md="") -> str:
-    """The text of comparison.md."""
-    runs, summary, tests = report.runs, report.summary, report.tests
-    sources = ordered(report.scores["source"])
+    """The text of comparison.md (without the test conditions, see :func:`conditions_markdown`):
+    variants, a table per metric, the paired tests, failed runs, figures."""
+    lines = (_variants_section(report, dirs) + _metric_sections(report, metrics)
+             + _baseline_section(report, test, alpha, correction) + _failed_section(report.runs)
+             + _figures_section(report.output, files, plot_metrics, paper_md))
+    return "\n".join(lines)
+
+
+def _variants_section(report: Report, dirs) -> list[str]:
+    """The title, how to read the cells, and one row per variant (status, run counts, training time)."""
+    runs, summary = report.runs, report.summary
     n_done = int((runs["status"] == "completed").sum())
-    out = report.output
-    lines = [
+    return [
         "<!-- written by msslab-compare; regenerate freely -->",
         "# Run comparison",
         "",
@@ -230,61 +300,77 @@ def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correctio
             ],
         ),
     ]
+
+
+def _metric_sections(report: Report, metrics) -> list[str]:
+    """One table per metric: a row per variant, a column per source."""
+    sources = ordered(report.scores["source"])
+    lines = []
     for metric in metrics:
         lines += ["", f"## {metric} (dB)", ""]
         lines.append(
             md_table(
                 ["variant"] + sources,
-                [[f"`{r['variant']}`"] + [_score_cell(r, s, metric) for s in sources] for r in summary.to_dict("records")],
+                [[f"`{r['variant']}`"] + [_score_cell(r, s, metric) for s in sources]
+                 for r in report.summary.to_dict("records")],
             )
             if sources
             else "No completed runs."
         )
+    return lines
 
-    lines += ["", "## Against the baseline", ""]
+
+def _baseline_section(report: Report, test, alpha, correction) -> list[str]:
+    """How the paired tests work and one row per (variant, source, metric) against the baseline."""
+    tests = report.tests
+    lines = ["", "## Against the baseline", ""]
     if report.baseline is None or not len(tests):
         lines.append(
             f"Baseline `{report.baseline}`: nothing to compare (one variant only, or no completed runs on one side)."
         )
+        return lines
+    if test == "wilcoxon":
+        how = (
+            f"Wilcoxon signed-rank test (two-sided) on the paired differences; significant when p < {alpha}"
+            + (" after Holm-Bonferroni correction over all rows." if correction == "holm" else ".")
+        )
     else:
+        how = (
+            f"bootstrap {100 * (1 - alpha):g}% confidence interval (percentile, pairs resampled) of the median "
+            f"paired difference; significant when it excludes 0, given at least {min_pairs(alpha)} pairs "
+            "(with fewer, unanimous signs are within chance, yet the interval excludes 0: \"too few pairs\")."
+        )
+    lines += [
+        f"Baseline: `{report.baseline}`. Each variant is paired with the baseline on the same track and seed "
+        "(on the same track, averaged over seeds, when the two share no seed). "
+        f"Δ = median of the paired differences (variant − baseline), dB; positive = better. Test: {how} "
+        "\"not significant\" means the difference is within what tracks and seeds vary by: treat it as noise.",
+        "",
+    ]
+    stat_header = "p" if test == "wilcoxon" else f"{100 * (1 - alpha):g}% CI of Δ"
+    rows = []
+    for t in tests.to_dict("records"):
         if test == "wilcoxon":
-            how = (
-                f"Wilcoxon signed-rank test (two-sided) on the paired differences; significant when p < {alpha}"
-                + (" after Holm-Bonferroni correction over all rows." if correction == "holm" else ".")
-            )
+            stat = f"{t['p_value']:.3g}" if t["p_value"] == t["p_value"] else "n/a"
+            if correction == "holm" and t["p_holm"] == t["p_holm"]:
+                stat += f" (Holm {t['p_holm']:.3g})"
         else:
-            how = (
-                f"bootstrap {100 * (1 - alpha):g}% confidence interval (percentile, pairs resampled) of the median "
-                f"paired difference; significant when it excludes 0, given at least {min_pairs(alpha)} pairs "
-                "(with fewer, unanimous signs are within chance, yet the interval excludes 0: \"too few pairs\")."
-            )
-        lines += [
-            f"Baseline: `{report.baseline}`. Each variant is paired with the baseline on the same track and seed "
-            "(on the same track, averaged over seeds, when the two share no seed). "
-            f"Δ = median of the paired differences (variant − baseline), dB; positive = better. Test: {how} "
-            "\"not significant\" means the difference is within what tracks and seeds vary by: treat it as noise.",
-            "",
-        ]
-        stat_header = "p" if test == "wilcoxon" else f"{100 * (1 - alpha):g}% CI of Δ"
-        rows = []
-        for t in tests.to_dict("records"):
-            if test == "wilcoxon":
-                stat = f"{t['p_value']:.3g}" if t["p_value"] == t["p_value"] else "n/a"
-                if correction == "holm" and t["p_holm"] == t["p_holm"]:
-                    stat += f" (Holm {t['p_holm']:.3g})"
-            else:
-                stat = f"[{fmt(t['ci_low'], signed=True)}, {fmt(t['ci_high'], signed=True)}]"
-            verdict = t["verdict"]
-            if t["significant"]:
-                verdict = f"**significant**, {'better' if t['median_diff'] > 0 else 'worse'}"
-            rows.append([f"`{t['variant']}`", t["source"], t["metric"], fmt(t["median_diff"], signed=True),
-                         t["n"], stat, verdict])
-        lines.append(md_table(["variant", "source", "metric", "Δ dB", "pairs", stat_header, "verdict"], rows))
-        if test == "wilcoxon" and (tests["n"] < 6).any():
-            lines += ["", "With fewer than 6 pairs the signed-rank test cannot reach p < 0.05: add tracks or seeds."]
+            stat = f"[{fmt(t['ci_low'], signed=True)}, {fmt(t['ci_high'], signed=True)}]"
+        verdict = t["verdict"]
+        if t["significant"]:
+            verdict = f"**significant**, {'better' if t['median_diff'] > 0 else 'worse'}"
+        rows.append([f"`{t['variant']}`", t["source"], t["metric"], fmt(t["median_diff"], signed=True),
+                     t["n"], stat, verdict])
+    lines.append(md_table(["variant", "source", "metric", "Δ dB", "pairs", stat_header, "verdict"], rows))
+    if test == "wilcoxon" and (tests["n"] < 6).any():
+        lines += ["", "With fewer than 6 pairs the signed-rank test cannot reach p < 0.05: add tracks or seeds."]
+    return lines
 
+
+def _failed_section(runs: pd.DataFrame) -> list[str]:
+    """One row per run that did not complete, with its error."""
     bad = runs[runs["status"] != "completed"]
-    lines += ["", "## Failed runs", ""]
+    lines = ["", "## Failed runs", ""]
     lines.append(
         md_table(
             ["run", "variant", "seed", "status", "error"],
@@ -293,7 +379,12 @@ def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correctio
         if len(bad)
         else "None."
     )
+    return lines
 
+
+def _figures_section(out: Path, files, plot_metrics, paper_md: str) -> list[str]:
+    """The paper table and figures (when drawn), links to the charts, and the names of the CSV tables."""
+    lines = []
     if paper_md:
         lines += ["", "## Paper figures (Fig. 2: SDR, Fig. 3: SIR)", "", paper_md, ""]
         lines += [f"![{m}]({files[f'paper_{m}'].relative_to(out).as_posix()})" for m in PAPER_FIGURES]
@@ -306,14 +397,25 @@ def markdown(report: Report, dirs, metrics, plot_metrics, test, alpha, correctio
                 f"![{metric} per track]({files[f'boxes_{metric}'].name})",
             ]
     lines += ["", f"Tables: `{CSV}` (one row per variant), `{RUNS_CSV}` (one row per run), `{TESTS_CSV}` (tests).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def conditions_markdown(report: Report, metrics: Sequence[str], test: str, alpha: float, files) -> str:
     """The test-condition sections of comparison.md: seed means with CIs and tests per condition, drops."""
-    table, ctests, drops = report.conditions, report.condition_tests, report.robustness
-    if not len(table):
+    if not len(report.conditions):
         return ""
+    lines = _condition_sections(report, metrics, test, alpha) + _robustness_section(report, metrics)
+    figures = [m for m in metrics if f"conditions_{m}" in files]
+    lines += [f"![{m} per test condition]({files[f'conditions_{m}'].name})" for m in figures]
+    lines += ["", f"Tables: `{CONDITIONS_CSV}` (seed means and CIs), `{CONDITION_TESTS_CSV}` (paired tests per "
+              f"condition), `{ROBUSTNESS_CSV}` (drops from clean).", ""]
+    return "\n".join(lines)
+
+
+def _condition_sections(report: Report, metrics, test: str, alpha: float) -> list[str]:
+    """Per condition, a row per variant: seed mean ± CI half-width per source and metric, with the
+    paired difference to the baseline and its test."""
+    table, ctests = report.conditions, report.condition_tests
     sources = ordered(table["source"])
     variants = ordered(table["variant"])
     means = table.set_index(["variant", "condition", "source", "metric"])
@@ -347,28 +449,33 @@ def conditions_markdown(report: Report, metrics: Sequence[str], test: str, alpha
         lines.append(md_table(header, [[f"`{v}`"] + [cell(v, condition, s, m) for m in metrics for s in sources]
                                        for v in variants]))
         lines.append("")
-    if len(drops):
-        lines += ["## Robustness: drop from clean (dB, mean over seeds ± 95% CI half-width; positive = worse)", ""]
-        drop = drops.set_index(["variant", "condition", "source", "metric"])
-        others = [c for c in ordered(table["condition"]) if c != CLEAN]
-        for metric in metrics:
-            header = ["variant"] + [f"{c} {s}" for c in others for s in sources]
-            rows = []
-            for v in variants:
-                cells = []
-                for c in others:
-                    for s in sources:
-                        key = (v, c, s, metric)
-                        if key not in drop.index:
-                            cells.append("n/a")
-                            continue
-                        d = drop.loc[key]
-                        half = f" ±{fmt((d['ci_high'] - d['ci_low']) / 2)}" if d["ci_high"] == d["ci_high"] else ""
-                        cells.append(fmt(d["drop"], signed=True) + half)
-                rows.append([f"`{v}`"] + cells)
-            lines += [f"{metric}:", "", md_table(header, rows), ""]
-    figures = [m for m in metrics if f"conditions_{m}" in files]
-    lines += [f"![{m} per test condition]({files[f'conditions_{m}'].name})" for m in figures]
-    lines += ["", f"Tables: `{CONDITIONS_CSV}` (seed means and CIs), `{CONDITION_TESTS_CSV}` (paired tests per "
-              f"condition), `{ROBUSTNESS_CSV}` (drops from clean).", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _robustness_section(report: Report, metrics) -> list[str]:
+    """Per metric, a row per variant: the drop from clean under each other condition and source."""
+    table, drops = report.conditions, report.robustness
+    if not len(drops):
+        return []
+    sources = ordered(table["source"])
+    variants = ordered(table["variant"])
+    lines = ["## Robustness: drop from clean (dB, mean over seeds ± 95% CI half-width; positive = worse)", ""]
+    drop = drops.set_index(["variant", "condition", "source", "metric"])
+    others = [c for c in ordered(table["condition"]) if c != CLEAN]
+    for metric in metrics:
+        header = ["variant"] + [f"{c} {s}" for c in others for s in sources]
+        rows = []
+        for v in variants:
+            cells = []
+            for c in others:
+                for s in sources:
+                    key = (v, c, s, metric)
+                    if key not in drop.index:
+                        cells.append("n/a")
+                        continue
+                    d = drop.loc[key]
+                    half = f" ±{fmt((d['ci_high'] - d['ci_low']) / 2)}" if d["ci_high"] == d["ci_high"] else ""
+                    cells.append(fmt(d["drop"], signed=True) + half)
+            rows.append([f"`{v}`"] + cells)
+        lines += [f"{metric}:", "", md_table(header, rows), ""]
+    return lines

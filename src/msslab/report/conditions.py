@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from msslab.report.stats import compare_to_baseline, ordered
+from .stats import compare_to_baseline, ordered
 
 CLEAN = "clean"
 

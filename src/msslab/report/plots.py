@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from msslab.report.stats import ordered  # noqa: E402
+from .stats import ordered  # noqa: E402
 
 _METADATA = {"Software": "msslab-compare"}
 _DPI = 120

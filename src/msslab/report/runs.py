@@ -25,12 +25,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from tqdm.auto import tqdm
+
+from ..errors import MsslabError
+from ..results import FILENAME, ResultsError, read_hydra_record, read_results
+from ..runs import NOT_COMPARED
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = FILENAME
 
 #: Columns of the frame returned by :func:`load_runs`, in order.
 RUN_COLUMNS = [
@@ -51,8 +58,9 @@ RUN_COLUMNS = [
 ]
 
 
-class CompareError(Exception):
-    """A problem with the runs or options given to ``compare``; the message names what to fix."""
+class CompareError(MsslabError):
+    """A problem with the runs or options given to ``compare``; the message names what to fix
+    (a user error: ``msslab-compare`` exits with one line, as every command)."""
 
 
 # ---------------------------------------------------------------------------
@@ -108,8 +116,6 @@ def _canonical(value: Any) -> str:
 
 @functools.cache
 def _override_parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return OverridesParser.create()
 
 
@@ -119,8 +125,6 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     Uses Hydra's own override grammar so quoting and lists read as Hydra read
     them; ``+key``/``++key`` count as ``key``, ``~key`` as key ``~key``.
     """
-    from hydra.core.override_parser.types import OverrideType
-
     parser = _override_parser()
     settings: dict[str, str] = {}
     for text in overrides:
@@ -148,8 +152,6 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
         if v is not None and not str(k).startswith("hydra")
     }
     # How a run was launched (resume, search bookkeeping) is not what it is.
-    from ..runs import NOT_COMPARED
-
     settings.update(
         {k: v for k, v in parse_overrides(overrides or []).items()
          if not k.lstrip("~").startswith("hydra") and k.lstrip("~").split(".")[0] not in NOT_COMPARED}
@@ -159,21 +161,7 @@ def _settings(choices: Mapping | None, overrides: Sequence[str] | None) -> dict[
 
 def _read_hydra(run_dir: Path) -> tuple[dict, list[str]]:
     """Choices and overrides recorded by Hydra in ``.hydra/`` (when results.json lacks them)."""
-    from omegaconf import OmegaConf
-
-    choices: dict = {}
-    overrides: list[str] = []
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    overrides_yaml = run_dir / ".hydra" / "overrides.yaml"
-    try:
-        if hydra_yaml.is_file():
-            node = OmegaConf.load(hydra_yaml)
-            choices = OmegaConf.to_container(node.hydra.runtime.choices, resolve=False) or {}
-        if overrides_yaml.is_file():
-            overrides = list(OmegaConf.to_container(OmegaConf.load(overrides_yaml)) or [])
-    except Exception:  # .hydra is a fallback only; a broken one must not hide the run
-        pass
-    return choices, overrides
+    return read_hydra_record(run_dir) or ({}, [])
 
 
 def _checkpoint_kind(path: str) -> str:
@@ -195,8 +183,6 @@ def _evaluation_settings(results: Mapping) -> dict[str, str]:
     """
     if not any(key in results for key in ("split", "eval_overrides", "ckpt")):
         return {}
-    from ..runs import NOT_COMPARED
-
     settings = {"split": _canonical(results.get("split") or "test")}
     if results.get("ckpt"):
         settings["ckpt"] = _checkpoint_kind(results["ckpt"])
@@ -231,8 +217,6 @@ def _scores(per_source: Any) -> dict[str, dict[str, float]]:
 
 def _tracks_from_museval(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per-track medians over frames from museval's own JSON files (``museval/**/<track>.json``)."""
-    import numpy as np
-
     tracks: dict[str, dict[str, dict[str, float]]] = {}
     for path in sorted((run_dir / "museval").rglob("*.json"), key=_natural_key):
         try:
@@ -260,20 +244,17 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     Raises :class:`CompareError` naming the file if ``results.json`` is not a JSON object.
     """
     run_dir = Path(run_dir)
-    results_path = run_dir / RESULTS_FILE
-    if not results_path.is_file():
+    try:
+        results = read_results(run_dir)
+    except ResultsError as err:
+        raise CompareError(str(err)) from err
+    if results is None:
         choices, overrides = _read_hydra(run_dir)
-        results: dict[str, Any] = {
+        results = {
             "status": "missing",
             "error": f"no {RESULTS_FILE}: the run died before writing it, or is still running",
         }
     else:
-        try:
-            results = json.loads(results_path.read_text())
-        except (OSError, ValueError) as err:
-            raise CompareError(f"cannot read {results_path}: {err}") from err
-        if not isinstance(results, dict):
-            raise CompareError(f"malformed {results_path}: expected a JSON object, got {type(results).__name__}")
         choices, overrides = results.get("choices"), results.get("overrides")
         if choices is None or overrides is None:
             hydra_choices, hydra_overrides = _read_hydra(run_dir)

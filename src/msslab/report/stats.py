@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from msslab.report.runs import CompareError, parse_overrides
+from .runs import CompareError, parse_overrides
 
 TESTS = ("wilcoxon", "bootstrap")
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from msslab.report.runs import RESULTS_FILE, CompareError
+from .runs import RESULTS_FILE, CompareError
 
 MANIFEST = "comparison.manifest.json"
 _OWNER = "msslab-compare"

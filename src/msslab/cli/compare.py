@@ -18,9 +18,11 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from . import CONFIG_DIR
-from .report import CompareError, compare_runs
-log = logging.getLogger("msslab.compare")
+from .. import CONFIG_DIR
+from ..errors import exit_on_user_error
+from ..report import CompareError, compare_runs
+
+log = logging.getLogger("msslab.cli.compare")
 
 # Hydra flags that take the next argument as their value
 _FLAGS_WITH_VALUE = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package",
@@ -90,17 +92,13 @@ def run(cfg: DictConfig):
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="compare")
+@exit_on_user_error  # a CompareError is a user's mistake: one line, exit code 1, as every command
 def _app(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except CompareError as err:
-        # a user mistake, not a bug: one clear line, no traceback
-        print(f"msslab-compare: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(cfg)
 
 
 def main() -> None:
-    """Console script ``msslab-compare`` (and ``python -m msslab.compare``)."""
+    """Console script ``msslab-compare`` (and ``python -m msslab.cli.compare``)."""
     sys.argv[1:] = hydra_argv(sys.argv[1:])
     _app()
 

@@ -1,9 +1,8 @@
-"""``msslab-separate``: audio file(s) in, one file per target source out.
+"""Audio files in, one file per target source out (the library under ``msslab-separate``).
 
-``msslab-separate ckpt=model.ckpt input=song.flac output=separated`` writes
 ``separated/song/<target>.wav`` at the input's sample rate, channel count and length.
-Any length works in flat memory: the file is read, resampled to the model's rate,
-separated (``msslab.inference``), resampled back and written block by block.
+Any length works in flat memory: the file is read, resampled to the separator's rate,
+separated (``msslab.separation.inference``), resampled back and written block by block.
 """
 
 from __future__ import annotations
@@ -12,17 +11,13 @@ import logging
 import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 import soundfile as sf
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .data.audio import AudioInfo, BadAudio, audio_info, check_finite, read_resampled, read_span, resampled_length
-from .errors import AudioFileError, exit_on_user_error
-from .evaluate import CONF_DIR
-from .inference import SeparationSettings, resolve_device, separate_stream
-from .system import load_checkpoint
+from ..data.audio import AudioInfo, BadAudio, audio_info, check_finite, read_resampled, read_span, resampled_length
+from ..errors import AudioFileError
+from .inference import SeparationSettings, as_separator, separate_stream
 
 log = logging.getLogger(__name__)
 BLOCK_SECONDS = 10.0  # output written per step (at the input's rate)
@@ -68,16 +63,19 @@ class _Pending:
         return {"estimates": self.buffer[..., : stop - start]}
 
 
-def separate_file(system, info: AudioInfo, outputs: dict[str, Path], settings: SeparationSettings,
+def separate_file(separator, info: AudioInfo, outputs: dict[str, Path], settings: SeparationSettings | None = None,
                   block_seconds: float = BLOCK_SECONDS) -> None:
-    """Separate one file into ``outputs`` (``{target: path}``) at its rate, channel count and length.
+    """Separate one file with ``separator`` (a :class:`~msslab.separation.Separator`; ``settings``: chunking
+    and Wiener filter, as :func:`~msslab.separation.inference.separate_stream` takes them) into ``outputs``
+    (``{target: path}``) at its rate, channel count and length.
 
     Each output is written to ``<path>.partial`` and renamed when complete, so a crash
     leaves no truncated result under the final name.
     """
     rate, frames, channels = info.sample_rate, info.frames, info.channels
-    model_rate = system.spectrogram.sample_rate
-    model_channels = system.config["nb_channels"]
+    separator = as_separator(separator)
+    model_rate = separator.sample_rate
+    model_channels = separator.nb_channels
 
     def read_input(start: int, stop: int):  # model-rate, model-channel mixture samples [start, stop)
         span = read_resampled(lambda a, b: {"mixture": read_span(info.path, a, b)}, frames, rate, model_rate,
@@ -87,7 +85,7 @@ def separate_file(system, info: AudioInfo, outputs: dict[str, Path], settings: S
             mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
         return mixture, None
 
-    pending = _Pending(separate_stream(system, read_input, resampled_length(frames, rate, model_rate), settings))
+    pending = _Pending(separate_stream(separator, read_input, resampled_length(frames, rate, model_rate), settings))
     model_length = resampled_length(frames, rate, model_rate)
     partial = {target: path.with_name(path.name + ".partial") for target, path in outputs.items()}
     for path in partial.values():
@@ -113,38 +111,16 @@ def separate_file(system, info: AudioInfo, outputs: dict[str, Path], settings: S
         os.replace(partial[target], outputs[target])
 
 
-def separate(cfg: DictConfig) -> list[Path]:
-    """Separate every input; returns the written files. Nothing is overwritten unless ``overwrite=true``."""
-    inputs = [Path(p) for p in (cfg.input if isinstance(cfg.input, (list, ListConfig)) else [cfg.input])]
-    system = load_checkpoint(cfg.ckpt, map_location=resolve_device(cfg.device))
-    # The command's separation settings win; the ones it leaves null are the checkpoint's.
-    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), system.config.get("separation"))
-    plan = output_paths(inputs, Path(cfg.output), system.targets)
-    existing = [str(p) for files in plan.values() for p in files.values() if p.exists()]
-    if existing and not cfg.overwrite:
-        raise AudioFileError(f"output: {len(existing)} file(s) exist already, e.g. {existing[0]}; "
-                             "choose another output= or pass overwrite=true")
-    if cfg.streaming:  # block by block with a causal model (msslab.streaming)
-        from .streaming import stream_files
-
-        # the command's, as offline
-        system.wiener_iterations, system.wiener_exponent = settings.wiener_iterations, settings.wiener_exponent
-        return stream_files(system, plan, cfg.block_ms, cfg.wiener_context_ms)
-    infos = {path: check_input(path) for path in inputs}  # fail on a bad input before writing anything
+def separate_files(separator, plan: dict[Path, dict[str, Path]], settings: SeparationSettings | None = None
+                   ) -> list[Path]:
+    """Separate every input of ``plan`` (``{input: {target: output}}``, see :func:`output_paths`);
+    returns the written files. Every input is checked before anything is written."""
+    separator = as_separator(separator)
+    infos = {path: check_input(path) for path in plan}  # fail on a bad input before writing anything
     written = []
     for path, info in infos.items():
-        separate_file(system, info, plan[path], settings)
+        separate_file(separator, info, plan[path], settings)
         written.extend(plan[path].values())
-        log.info("%s -> %s", path, plan[path][system.targets[0]].parent)
+        log.info("%s -> %s", path, plan[path][separator.targets[0]].parent)
         print(f"{path}: {', '.join(str(p) for p in plan[path].values())}", flush=True)
     return written
-
-
-@hydra.main(config_path=CONF_DIR, config_name="separate", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    separate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,15 +1,17 @@
 """Streaming separation with causal models: audio blocks of any size in, separated blocks out.
 
-A :class:`Streamer` turns a causal checkpoint (``model=lstm``, ``model=gru``, any
-unidirectional RNN) into a block-by-block separator for live use. Its output is the
-offline separation of the same model (the system's forward on the whole signal in one
-piece) delayed by ``latency_samples``, for any block size:
+A :class:`Streamer` turns a causal :class:`~msslab.separation.Separator` (``model=lstm``,
+``model=gru``, ``model=bsrnn model.bidirectional=false``: any unidirectional model with a
+frame-by-frame ``step``) into a block-by-block separator for live use. Its output is the
+offline separation of the same separator (its forward on the whole signal in one piece)
+delayed by ``latency_samples``, for any block size:
 
 - framing: the offline STFT is centred with reflect padding. The stream builds the same
   padding: at the start once it holds ``n_fft // 2 + 1`` samples, at the end in ``flush``
   (inputs shorter than ``n_fft`` are zero-extended to ``n_fft`` first, as offline separation,
   ``inference.separate``, does);
-- the RNN hidden state is carried from frame to frame (``RNNSeparator.step``); every other
+- the RNN hidden state is carried from frame to frame (``Separator.step``: the model's ``step``
+  on magnitudes for real masks, on the complex frames for complex masks); every other
   layer works frame by frame with statistics fixed at training time, so nothing looks at
   the future or at whole-signal statistics;
 - overlap-add: a separated sample is final once the last frame covering it is done, which
@@ -19,26 +21,22 @@ The stream is held back by exactly that worst case, ``latency_samples = n_fft - 
 model adds none: it is causal frame by frame), so every call returns as many samples as it
 was given. ``flush`` returns the last ``latency_samples`` samples: the stream of outputs is
 ``latency_samples`` zeros followed by the offline separation.
+
+Reading and writing files through a Streamer is :mod:`msslab.separation.stream_files`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
-import torchaudio
 
-from .errors import AudioFileError, MsslabError
-from .model.spectrogram import magnitude
-from .system import load_checkpoint
-
-log = logging.getLogger(__name__)
+from ..errors import MsslabError
+from . import load_separator
+from .inference import as_separator
+from .separator import Separator
 
 
 class StreamingError(MsslabError):
@@ -46,12 +44,13 @@ class StreamingError(MsslabError):
 
 
 class Streamer:
-    """Block-by-block separation with a causal checkpoint; all inference state lives here.
+    """Block-by-block separation with a causal separator; all stream state lives here.
 
     Args:
-        system: a ``SeparationSystem`` or the path of a checkpoint written by ``msslab-train``.
-        device: where the model runs (a checkpoint is loaded there).
-        wiener_context_frames: with the system's ``wiener_iterations > 0``, the causal Wiener
+        separator: a :class:`~msslab.separation.Separator` (a ``SeparationSystem`` gives its own), or the
+            path of a checkpoint written by ``msslab-train`` (loaded on ``device``).
+        device: where the separator runs.
+        wiener_context_frames: with the separator's ``wiener_iterations > 0``, the causal Wiener
             filter: each frame is filtered over itself and this many frames in all (the past ones),
             not over the whole file as offline; None refuses the filter (it is not causal).
 
@@ -62,11 +61,12 @@ class Streamer:
     ``latency_samples`` samples per target, and readies the object for a new stream.
     """
 
-    def __init__(self, system, device: str | torch.device = "cpu", wiener_context_frames: int | None = None):
-        if isinstance(system, (str, os.PathLike)):
-            system = load_checkpoint(system, map_location=device)
-        model = system.model
-        if getattr(model, "needs_targets", False):
+    def __init__(self, separator: Separator | str | os.PathLike, device: str | torch.device = "cpu",
+                 wiener_context_frames: int | None = None):
+        separator = (load_separator(separator, map_location=device) if isinstance(separator, (str, os.PathLike))
+                     else as_separator(separator))
+        model = separator.model
+        if separator.needs_targets:
             raise StreamingError("streaming: the oracle model needs the true sources; it cannot separate a stream")
         if not hasattr(model, "step"):
             raise StreamingError(f"streaming: {type(model).__name__} has no frame-by-frame step to stream with")
@@ -74,18 +74,19 @@ class Streamer:
             raise StreamingError(
                 "streaming: this checkpoint's RNN is bidirectional: each frame's masks depend on the whole "
                 "signal, future frames included, which a stream has not received yet. Separate it offline "
-                "(streaming=false) or stream a causal model (model=lstm, model=gru).")
-        if system.wiener_iterations and not wiener_context_frames:
+                "(streaming=false) or stream a causal model (model=lstm, model=gru, model=bsrnn "
+                "model.bidirectional=false).")
+        if separator.wiener_iterations and not wiener_context_frames:
             raise StreamingError(
-                f"streaming: wiener_iterations={system.wiener_iterations} is not causal (the Wiener filter "
+                f"streaming: wiener_iterations={separator.wiener_iterations} is not causal (the Wiener filter "
                 "estimates each source's spatial covariance over the whole file); use wiener_iterations=0, or "
                 "the causal variant over a short past context (wiener_context_ms)")
-        self.wiener_context_frames = int(wiener_context_frames or 0) if system.wiener_iterations else 0
-        self.system = system.to(device).eval()
-        self.spectrogram = system.spectrogram
-        self.targets = list(system.targets)
-        self.sample_rate = self.spectrogram.sample_rate
-        self.nb_channels = model.nb_channels
+        self.wiener_context_frames = int(wiener_context_frames or 0) if separator.wiener_iterations else 0
+        self.separator = separator.to(device).eval()
+        self.spectrogram = separator.spectrogram
+        self.targets = list(separator.targets)
+        self.sample_rate = separator.sample_rate
+        self.nb_channels = separator.nb_channels
         self.n_fft, self.hop = self.spectrogram.n_fft, self.spectrogram.hop_length
         self._envelopes = {}
         self.reset()
@@ -102,7 +103,7 @@ class Streamer:
 
     def reset(self) -> None:
         """Forget the current stream (framing, RNN and overlap-add state)."""
-        device = self.system.device
+        device = self.separator.device
         nb_targets, channels = len(self.targets), self.nb_channels
         self._received = 0  # input samples given to process()
         self._numpy = True  # return numpy arrays (the last block's type)
@@ -138,7 +139,7 @@ class Streamer:
         length = self._received
         if length < self.n_fft:  # shorter than one window: zero-extended to n_fft, as offline separation does
             # (frames already done only saw received samples, which the extension leaves alone)
-            self._feed(torch.zeros(self.nb_channels, self.n_fft - length, device=self.system.device))
+            self._feed(torch.zeros(self.nb_channels, self.n_fft - length, device=self.separator.device))
         # The offline STFT's reflect padding at the end: the samples before the last one, mirrored.
         half = self.n_fft // 2
         self._padded = torch.cat([self._padded, self._padded[:, -half - 1: -1].flip(-1)], dim=-1)
@@ -157,7 +158,7 @@ class Streamer:
         if x.ndim != 2 or x.shape[0] != self.nb_channels:
             raise ValueError(f"Streamer.process: a block is (channels={self.nb_channels}, samples), got shape "
                              f"{tuple(x.shape)}")
-        return x.to(self.system.device, torch.float32)
+        return x.to(self.separator.device, torch.float32)
 
     def _feed(self, x: torch.Tensor) -> None:
         if self._padded is None:
@@ -185,10 +186,9 @@ class Streamer:
         onednn = torch.backends.mkldnn.enabled
         torch.backends.mkldnn.enabled = False
         try:
-            masks, self._rnn_state = self.system.model.step(magnitude(spec), self._rnn_state)
+            estimates, self._rnn_state = self.separator.step(spec, self._rnn_state)
         finally:
             torch.backends.mkldnn.enabled = onednn
-        estimates = masks * spec.unsqueeze(1)
         if self.wiener_context_frames:
             estimates = self._causal_wiener(estimates, spec)
         frames = self.spectrogram.inverse_frames(estimates[0])  # (S, C, n_fft, count)
@@ -206,7 +206,8 @@ class Streamer:
         self._padded_start = keep_from
 
     def _causal_wiener(self, estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        """The system's Wiener filter, each frame over itself and the frames before it (context in all).
+        """The separator's Wiener filter, each frame over itself and the frames before it (context in all),
+        in float64 whatever the separator's setting: a few-frame context needs float64's small regulariser.
 
         ``(1, S, C, F, count)`` masked estimates and ``(1, C, F, count)`` mixture -> filtered estimates.
         """
@@ -215,8 +216,8 @@ class Streamer:
             estimates = torch.cat([self._wiener_past[0], estimates], dim=-1)
             mixture = torch.cat([self._wiener_past[1], mixture], dim=-1)
         total = estimates.shape[-1]
-        filtered = [self.system._wiener(estimates[..., max(0, t + 1 - context): t + 1],
-                                        mixture[..., max(0, t + 1 - context): t + 1])[..., -1:]
+        filtered = [self.separator.wiener(estimates[..., max(0, t + 1 - context): t + 1],
+                                          mixture[..., max(0, t + 1 - context): t + 1], float64=True)[..., -1:]
                     for t in range(total - count, total)]
         if context > 1:
             self._wiener_past = (estimates[..., -(context - 1):], mixture[..., -(context - 1):])
@@ -248,151 +249,3 @@ class Streamer:
         if numpy:
             out = out.cpu().numpy()
         return dict(zip(self.targets, out))
-
-
-def stream_files(system, plan: dict[Path, dict[str, Path]], block_ms: float,
-                 wiener_context_ms: float | None = None) -> list[Path]:
-    """``msslab-separate streaming=true``: separate each file block by block with a :class:`Streamer`.
-
-    ``plan`` maps each input file to ``{target: output path}``. Files are read and written
-    in blocks of ``block_ms`` milliseconds (memory does not grow with their length); each
-    output has its input's sample rate, channel count and length (the stream's latency is
-    dropped from its start). An output is written under a temporary name and renamed when
-    complete. With ``system.wiener_iterations > 0``, ``wiener_context_ms`` selects the causal
-    Wiener filter over that much past (None refuses the filter). Returns the written files.
-    """
-    if not block_ms > 0:
-        raise StreamingError(f"block_ms must be positive, got {block_ms}")
-    context = None
-    if wiener_context_ms is not None:
-        if not wiener_context_ms > 0:
-            raise StreamingError(f"wiener_context_ms must be positive, got {wiener_context_ms}")
-        spectrogram = system.spectrogram
-        context = math.ceil(wiener_context_ms * spectrogram.sample_rate / 1000 / spectrogram.hop_length)
-    streamer = Streamer(system, device=system.device, wiener_context_frames=context)
-    infos = {path: _stream_info(path) for path in plan}  # fail on a bad input before writing anything
-    written = []
-    for path, outputs in plan.items():
-        info = infos[path]
-        block = max(1, round(block_ms * info.samplerate / 1000))
-        _stream_file(streamer, path, outputs, info, block)
-        written.extend(outputs.values())
-        log.info("%s -> %s (streamed in blocks of %d samples)", path, next(iter(outputs.values())).parent, block)
-        print(f"{path}: {', '.join(str(p) for p in outputs.values())}", flush=True)
-    return written
-
-
-def _stream_info(path: Path):
-    if not path.is_file():
-        raise AudioFileError(f"input: {path} does not exist")
-    try:
-        info = sf.info(path)
-    except Exception as exc:
-        raise AudioFileError(f"input: {path} is not a readable audio file ({exc})") from None
-    if info.frames == 0:
-        raise AudioFileError(f"input: {path} holds no samples")
-    return info
-
-
-class StreamResampler:
-    """torchaudio's sinc resampling (``torchaudio.functional.resample`` with its defaults), block by block.
-
-    The outputs of ``process`` followed by that of ``finish`` are the resampling of the
-    whole signal at once: the same kernel applied at the same positions, with the same
-    zeros beyond both ends. Holds back about one kernel width of input (``lowpass_filter_width``
-    zero crossings, 6 by default: under 1 ms at 8 kHz and above).
-    """
-
-    def __init__(self, orig_freq: int, new_freq: int, channels: int):
-        transform = torchaudio.transforms.Resample(orig_freq, new_freq)
-        self.kernel, self.width = transform.kernel, transform.width  # (new, 1, 2 * width + orig), zeros each side
-        divisor = math.gcd(orig_freq, new_freq)
-        self.orig, self.new = orig_freq // divisor, new_freq // divisor
-        self._buffer = torch.zeros(channels, self.width)  # the whole-signal resampler's leading zeros
-        self._received = self._produced = 0
-
-    def process(self, x: torch.Tensor) -> torch.Tensor:
-        """``(channels, samples)`` at ``orig_freq`` -> ``(channels, samples')`` at ``new_freq``, as far as known."""
-        self._received += x.shape[-1]
-        self._buffer = torch.cat([self._buffer, x], dim=-1)
-        size = self.kernel.shape[-1]
-        if self._buffer.shape[-1] < size:
-            return self._buffer[:, :0]
-        groups = (self._buffer.shape[-1] - size) // self.orig + 1  # each: `orig` samples in, `new` out
-        y = F.conv1d(self._buffer[:, None, : (groups - 1) * self.orig + size], self.kernel, stride=self.orig)
-        self._buffer = self._buffer[:, groups * self.orig:]
-        y = y.transpose(1, 2).reshape(x.shape[0], -1)
-        self._produced += y.shape[-1]
-        return y
-
-    def finish(self) -> torch.Tensor:
-        """The rest of the output: ``ceil(samples * new_freq / orig_freq)`` in all, as the whole-signal resampling."""
-        channels = self._buffer.shape[0]
-        total = math.ceil(self.new * self._received / self.orig)
-        produced = self._produced
-        y = self.process(torch.zeros(channels, self.width + self.orig))
-        return y[:, : max(0, total - produced)]
-
-
-def _stream_file(streamer: Streamer, path: Path, outputs: dict[str, Path], info, block: int) -> None:
-    """Read, resample, stream, resample back and write in blocks; the outputs appear complete or not at all."""
-    channels, rate, length = info.channels, info.samplerate, info.frames
-    model_channels, model_rate = streamer.nb_channels, streamer.sample_rate
-    nb_targets = len(streamer.targets)
-    resample_in = StreamResampler(rate, model_rate, model_channels) if rate != model_rate else None
-    resample_out = StreamResampler(model_rate, rate, nb_targets * model_channels) if rate != model_rate else None
-    temporary = {t: out.with_name(f".{out.stem}.partial{out.suffix}") for t, out in outputs.items()}
-    to_skip = streamer.latency_samples  # the stream starts with this much silence (at the model's rate)
-    written = 0
-    writers = {}
-
-    def write(estimates: torch.Tensor, last: bool = False) -> None:
-        """``(targets, model channels, samples)`` at the model's rate, the stream's next samples."""
-        nonlocal to_skip, written
-        skip = min(to_skip, estimates.shape[-1])
-        to_skip -= skip
-        estimates = estimates[..., skip:]
-        if resample_out is not None:
-            flat = estimates.reshape(nb_targets * model_channels, -1)
-            flat = torch.cat([resample_out.process(flat), resample_out.finish()], -1) if last else resample_out.process(flat)
-            estimates = flat.reshape(nb_targets, model_channels, -1)
-        if last:  # the input's length exactly, as offline separation gives
-            estimates = F.pad(estimates, (0, max(0, length - written - estimates.shape[-1])))
-        estimates = estimates[..., : length - written]
-        if channels != model_channels:  # back to the file's channels, as offline separation does
-            estimates = estimates.mean(1, keepdim=True).expand(-1, channels, -1)
-        for target, estimate in zip(streamer.targets, estimates.numpy()):
-            writers[target].write(estimate.T)
-        written += estimates.shape[-1]
-
-    def separate(mixture: torch.Tensor) -> torch.Tensor:
-        """``(model channels, samples)`` at the model's rate -> the stream's ``(targets, model channels, samples)``."""
-        pieces = streamer.process(mixture)
-        return torch.stack([pieces[t] for t in streamer.targets]).cpu()
-
-    try:
-        for target, tmp in temporary.items():
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            writers[target] = sf.SoundFile(tmp, "w", samplerate=rate, channels=channels, subtype="FLOAT", format="WAV")
-        with sf.SoundFile(path) as source:
-            for audio in source.blocks(blocksize=block, dtype="float32", always_2d=True):
-                if not np.isfinite(audio).all():
-                    raise AudioFileError(f"input: {path} contains NaN or infinite samples")
-                mixture = torch.from_numpy(audio.T)
-                if channels != model_channels:  # mono in a stereo model: duplicate; more channels: downmix
-                    mixture = mixture.mean(0, keepdim=True).expand(model_channels, -1)
-                write(separate(resample_in.process(mixture) if resample_in is not None else mixture))
-        tail = separate(resample_in.finish()) if resample_in is not None else None
-        end = streamer.flush()
-        end = torch.stack([end[t] for t in streamer.targets]).cpu()
-        write(end if tail is None else torch.cat([tail, end], -1), last=True)
-        for writer in writers.values():
-            writer.close()
-        for target, tmp in temporary.items():
-            os.replace(tmp, outputs[target])
-    finally:
-        streamer.reset()
-        for writer in writers.values():
-            writer.close()
-        for tmp in temporary.values():
-            tmp.unlink(missing_ok=True)

@@ -1,4 +1,6 @@
-"""Test-set evaluation: separate whole tracks, score them with BSSEval v4, write results.
+"""Evaluation of a system under test conditions: separate whole tracks, score them with BSSEval v4,
+write results, print the tables. Used by ``msslab-train`` after fitting and by ``msslab-eval``
+(:func:`evaluate`, the library under ``msslab.cli.eval``).
 
 ``msslab-eval ckpt=PATH`` scores a checkpoint; ``msslab-eval model=oracle_irm``
 scores the ideal ratio mask and ``model=mixture`` the mixture as every estimate
@@ -12,19 +14,16 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from . import CONFIG_DIR
 from .allocator import keep_freed_memory
-from .errors import MsslabError, exit_on_user_error
-from .inference import SeparationSettings, resolve_device, separate
+from .errors import MsslabError
+from .separation.inference import SeparationSettings, resolve_device, separate
 from .metric import bsseval
 from .results import results_table, run_identity, write_results
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(CONFIG_DIR)
 
 
 def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cfg, nb_tracks: int | None = None,
@@ -33,7 +32,7 @@ def evaluate_system(system, datamodule, run_dir: Path, metric_cfg, separation_cf
 
     Returns ``{"sources", "tracks", "tracks_scored", "metric", "eval_seconds", "example",
     "separation"}`` (the last: the separation settings used, and the device). Separation runs
-    in this process on the system's device (``msslab.inference``, with ``separation_cfg``: a
+    in this process on the system's device (``msslab.separation.inference``, with ``separation_cfg``: a
     config block or :class:`SeparationSettings`). BSSEval runs with ``metric_cfg.backend``
     (``torch`` on ``metric_cfg.device``, default the model's device; ``museval`` in
     ``metric_cfg.n_jobs`` worker processes while the next tracks are separated), see
@@ -170,13 +169,3 @@ def evaluate(cfg: DictConfig) -> dict:
     print_conditions(results)
     print_table(results["sources"], f"museval medians (dB) over {len(results['tracks'])} {split} tracks, run {run_dir}")
     return results
-
-
-@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -15,16 +15,23 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
+import yaml
 
-from .errors import MsslabError
+from .. import CONFIG_DIR
+from ..errors import MsslabError
 
 # (mixture (C, n), targets (S, C, n) or None) for samples [start, stop) at the model's rate.
 Reader = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
 
 
+# The one place the separation defaults are written is conf/train.yaml's `separation:` block; the
+# dataclass below reads them from there (eval.yaml and separate.yaml only null its keys: "the checkpoint's").
+_DEFAULTS = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["separation"]
+
+
 @dataclasses.dataclass(frozen=True)
 class SeparationSettings:
-    """The ``separation:`` config block. The defaults are those of ``conf/train.yaml`` (also used for
+    """The ``separation:`` config block. The defaults are read from ``conf/train.yaml`` (also used for
     checkpoints written before a key existed).
 
     Args:
@@ -38,13 +45,13 @@ class SeparationSettings:
             spectrograms, norbert's filter; lower: softer gains, fewer artifacts, more interference).
     """
 
-    chunk_seconds: float = 30.0
-    overlap_seconds: float = 1.0
-    batch_size: int = 1
-    autocast: bool = False
-    wiener_iterations: int = 0
-    wiener_float64: bool = False
-    wiener_exponent: float = 2.0
+    chunk_seconds: float = _DEFAULTS["chunk_seconds"]
+    overlap_seconds: float = _DEFAULTS["overlap_seconds"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    autocast: bool = _DEFAULTS["autocast"]
+    wiener_iterations: int = _DEFAULTS["wiener_iterations"]
+    wiener_float64: bool = _DEFAULTS["wiener_float64"]
+    wiener_exponent: float = _DEFAULTS["wiener_exponent"]
 
     def __post_init__(self):
         checks = {"chunk_seconds": self.chunk_seconds > 0, "overlap_seconds": self.overlap_seconds >= 0,
@@ -70,6 +77,17 @@ class SeparationSettings:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def wiener(self) -> dict:
+        """The Wiener filter settings, as :class:`~msslab.separation.Separator` takes them."""
+        return {"wiener_iterations": self.wiener_iterations, "wiener_exponent": self.wiener_exponent,
+                "wiener_float64": self.wiener_float64}
+
+
+def as_separator(separator):
+    """A :class:`~msslab.separation.Separator`; a ``SeparationSystem`` gives the one it trains."""
+    return getattr(separator, "separator", separator)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,26 +115,35 @@ def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:
 
 
 @torch.no_grad()
-def separate_stream(system, read: Reader, length: int, settings: SeparationSettings) -> Iterator[torch.Tensor]:
+def separate_stream(separator, read: Reader, length: int, settings: SeparationSettings | None = None
+                    ) -> Iterator[torch.Tensor]:
     """Separate a ``length``-sample track, read on demand, into consecutive blocks ``(S, C, n)``.
 
+    ``separator``: a :class:`~msslab.separation.Separator` (or a ``SeparationSystem``, for its own).
+    ``settings``: chunking, batching, autocast and the Wiener filter (which replaces the
+    separator's own); None: the default chunking and the separator's own Wiener filter.
     ``read(start, stop)`` returns the mixture (and, for models that need them, the true
-    sources) of samples ``[start, stop)`` at the model's rate; the blocks are on the
-    system's device and together cover ``[0, length)`` in order.
+    sources) of samples ``[start, stop)`` at the separator's rate; the blocks are on the
+    separator's device and together cover ``[0, length)`` in order.
     """
-    device = system.device
-    rate = system.spectrogram.sample_rate
-    shortest = system.spectrogram.n_fft  # the STFT's reflect padding needs this much signal
+    separator = as_separator(separator)
+    if settings is None:
+        settings = SeparationSettings(**{"wiener_iterations": separator.wiener_iterations,
+                                         "wiener_exponent": separator.wiener_exponent,
+                                         "wiener_float64": separator.wiener_float64})
+    separator = separator.replace(**settings.wiener)
+    device = separator.device
+    rate = separator.spectrogram.sample_rate
+    shortest = separator.spectrogram.n_fft  # the STFT's reflect padding needs this much signal
     chunk = max(int(settings.chunk_seconds * rate), shortest)
     overlap = min(int(settings.overlap_seconds * rate), chunk // 2)
-    forward = dict(wiener_iterations=settings.wiener_iterations, autocast=settings.autocast,
-                   wiener_float64=settings.wiener_float64, wiener_exponent=settings.wiener_exponent)
+    forward = dict(autocast=settings.autocast)
     if length <= chunk:  # one chunk of the track's own length, padded up to the STFT's minimum
         mixture, targets = read(0, length)
         pad = (0, max(0, shortest - length))
         mixture = torch.nn.functional.pad(mixture.to(device), pad)[None]
         targets = None if targets is None else torch.nn.functional.pad(targets.to(device), pad)[None]
-        yield system(mixture, targets, **forward)[0, ..., :length]
+        yield separator(mixture, targets, **forward)[0, ..., :length]
         return
     starts = chunk_starts(length, chunk, overlap)
     ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
@@ -127,7 +154,7 @@ def separate_stream(system, read: Reader, length: int, settings: SeparationSetti
         pieces = [read(start, start + chunk) for start in batch]
         mixtures = torch.stack([m for m, _ in pieces]).to(device)
         targets = None if pieces[0][1] is None else torch.stack([t for _, t in pieces]).to(device)
-        estimates = system(mixtures, targets, **forward)  # (batch, S, C, chunk)
+        estimates = separator(mixtures, targets, **forward)  # (batch, S, C, chunk)
         if acc is None:
             acc = estimates.new_zeros(estimates.shape[1:-1] + (0,))
             weight = estimates.new_zeros(0)
@@ -149,16 +176,17 @@ def separate_stream(system, read: Reader, length: int, settings: SeparationSetti
         acc, weight, acc_start = acc[..., done:], weight[done:], finished
 
 
-def separate(system, mixture: torch.Tensor, settings: SeparationSettings, targets: torch.Tensor | None = None,
-             out_device: str | torch.device = "cpu") -> torch.Tensor:
-    """Separate a whole mixture ``(C, samples)`` at the model's rate -> estimates ``(S, C, samples)``
-    on ``out_device``. ``targets`` ``(S, C, samples)`` is read chunk by chunk by models that need it."""
+def separate(separator, mixture: torch.Tensor, settings: SeparationSettings | None = None,
+             targets: torch.Tensor | None = None, out_device: str | torch.device = "cpu") -> torch.Tensor:
+    """Separate a whole mixture ``(C, samples)`` at the separator's rate -> estimates ``(S, C, samples)``
+    on ``out_device`` (``settings``: as :func:`separate_stream`'s). ``targets`` ``(S, C, samples)`` is
+    read chunk by chunk by models that need it."""
 
     def read(start: int, stop: int):
         return mixture[:, start:stop], None if targets is None else targets[..., start:stop]
 
     out, position = None, 0
-    for block in separate_stream(system, read, mixture.shape[-1], settings):
+    for block in separate_stream(separator, read, mixture.shape[-1], settings):
         if out is None:
             out = torch.empty(block.shape[:-1] + mixture.shape[-1:], dtype=block.dtype, device=out_device)
         out[..., position : position + block.shape[-1]] = block

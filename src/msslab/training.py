@@ -1,18 +1,18 @@
-"""``msslab-train``: train a separator, evaluate its best checkpoint, write ``results.json``.
+"""Training: fit a separator, evaluate its best checkpoint, write ``results.json`` (the library under ``msslab-train``).
 
-A Hydra app: ``msslab-train model=gru 'augmentation=[pitch_shift,reverb]' trainer.max_epochs=20``.
-Returns the best validation score, so Hydra sweepers (Optuna) can maximise it.
+:func:`run` is what the command calls (``msslab.cli.train``): it returns the best validation score, so
+Hydra sweepers (Optuna) can maximise it, and records a crash as a failed run.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -21,13 +21,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .allocator import keep_freed_memory
-from .augmentation import AugmentationError, check_overrides
 from .errors import MsslabError
-from .evaluate import CONF_DIR, evaluate_conditions, print_conditions, print_table
+from .evaluation import evaluate_conditions, print_conditions, print_table
 from .logger import build_loggers, log_test_results
 from .results import run_identity, write_results
-from .runs import (RunDirBusy, is_finite, latest_checkpoint, locked, prepare, preserve_hydra_files, record_resume,
-                   resume_arguments, resume_history)
+from .runs import RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_history
 from .schedule import StopRecord, TrainingBudget
 from .search import Pruned
 from .system import build_system, covers_mixture
@@ -156,6 +154,7 @@ def run(cfg: DictConfig) -> float:
     NaN); a single run re-raises.
     """
     run_dir = Path(cfg.paths.output_dir)
+    _note_sigterm()
     resume = cfg.get("resume")
     if resume is None and _multirun():
         resume = "auto"  # a relaunched sweep continues each job's directory
@@ -168,6 +167,27 @@ def run(cfg: DictConfig) -> float:
     except (RunDirBusy, ResumeRefused) as exc:  # nothing of this run was written: nothing to record
         log.error("%s", exc)
         return _failed_value(exc)
+
+
+_SIGTERM = {"received": False}
+
+
+def _note_sigterm() -> None:
+    """Remember a SIGTERM where a handler (submitit's, in a SLURM job) keeps the process alive.
+
+    SLURM requeues or preempts a job with SIGTERM, which also ends the W&B service process:
+    the run may then fail on the next log call before Lightning stops it. Such an error is
+    no verdict on the run (see :func:`_run_locked`). Without a handler SIGTERM still kills.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _SIGTERM["received"] = True
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class ResumeRefused(MsslabError):
@@ -211,6 +231,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                           resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         raise
     except Exception as exc:
+        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: no results; a requeued job resumes
+            log.warning("stopped by SIGTERM (%s: %s): not recorded as failed", type(exc).__name__, exc)
+            raise SystemExit(143) from exc
         _finish_wandb(1)
         log.error("run failed: %s", exc)
         if rank_zero_only.rank != 0:  # DDP: rank 0 records the run
@@ -248,40 +271,3 @@ def _objective(record: dict | None) -> float:
         raise MsslabError(f"no finite best validation score ({record.get('val_metric')}={value}): "
                           f"the trial counts as failed")
     return float("nan")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
-    return run(cfg)
-
-
-def main():
-    # Hydra names unknown group options itself, except inside a list: augmentation=[reverb,echo].
-    try:
-        check_overrides(sys.argv[1:], CONF_DIR)
-    except AugmentationError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    try:
-        sys.argv[1:] = resume_arguments(sys.argv[1:])
-    except MsslabError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    for run_dir in _given_run_dirs(sys.argv[1:]):
-        preserve_hydra_files(run_dir)  # before Hydra writes this command's .hydra over an older run's
-    return _hydra_main()
-
-
-def _given_run_dirs(argv: list[str]) -> list[Path]:
-    """The existing run directories a command names: ``hydra.run.dir``, or in a sweep each job
-    folder of ``hydra.sweep.dir``."""
-    def value(key):
-        return next((a.split("=", 1)[1] for a in reversed(argv) if a.split("=", 1)[0].lstrip("+") == key), None)
-
-    if any(a in ("-m", "--multirun") for a in argv):
-        sweep = value("hydra.sweep.dir")
-        return [p for p in Path(sweep).iterdir() if p.is_dir()] if sweep and Path(sweep).is_dir() else []
-    run_dir = value("hydra.run.dir")
-    return [Path(run_dir)] if run_dir and Path(run_dir).is_dir() else []
-
-
-if __name__ == "__main__":
-    main()
