@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for trying hydra/launcher=slurm and for the tests
-# (tests/test_slurm.py). Needs root and Debian's slurm-wlm + munge (`install` puts them in);
+# (tests/integration/test_slurm.py). Needs root and Debian's slurm-wlm + munge (`install` puts them in);
 # everything it writes (slurm.conf, munge key and socket, spool, logs) lives in one state
 # folder, never in /etc.
 #

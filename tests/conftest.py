@@ -168,6 +168,12 @@ def _start_smoke_run() -> None:
 
 
 def pytest_collection_modifyitems(session, config, items):
+    # tests/integration/ runs the commands end to end: all of it is integration (and slow).
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if integration in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
     # Start the trained run now if any selected test will need it.
     if config.option.collectonly:
         return

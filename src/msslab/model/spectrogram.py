@@ -50,7 +50,7 @@ class Spectrogram(nn.Module):
     """
 
     # n_fft and hop_length have no code defaults: conf/train.yaml's `stft` node is where they are set.
-    # The defaults below are the ones that node composes to (tests/test_inference.py checks they agree).
+    # The defaults below are the ones that node composes to (tests/unit/separation/test_inference.py checks they agree).
     def __init__(self, n_fft: int, hop_length: int, window: str = "hann", sample_rate: int = 16000,
                  max_freq: float | None = None):
         super().__init__()

@@ -5,7 +5,7 @@ frames and items on the CPU: a local Gaussian model per source (a power spectrog
 ``v_j`` and a spatial covariance ``R_j`` per bin), refined by expectation-maximisation.
 Here every item, frame and bin is processed at once; sources are filtered one at a
 time through ``R_j (C_xx^-1 x)``, so no ``(sources, frames, bins, C, C)`` gain tensor
-is ever held. Equality with norbert is tested in ``tests/test_inference.py``.
+is ever held. Equality with norbert is tested in ``tests/unit/separation/test_inference.py``.
 """
 
 from __future__ import annotations

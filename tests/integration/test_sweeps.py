@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from msslab import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = CONFIG_DIR
 PAPER_FOUR = ["time_stretch", "pitch_shift", "background_noise", "reverb"]
 
