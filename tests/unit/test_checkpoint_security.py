@@ -118,6 +118,7 @@ def test_every_shipped_model_loss_and_scheduler_is_allowed():
     assert shipped <= checkpoint_targets(), shipped - checkpoint_targets()
 
 
+@pytest.mark.slow
 def test_msslab_separate_refuses_it_in_one_line(checkpoint, cli, tmp_path):
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")

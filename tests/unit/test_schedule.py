@@ -122,6 +122,7 @@ def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
 STOPS_EARLY = ["callbacks.early_stopping.patience=1", "+callbacks.early_stopping.min_delta=1000"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_a_budgeted_run_trains_its_budget_unless_early_stopping_is_asked_for(compose_train, tmp_path, early_stopping):
     _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu",
@@ -137,6 +138,7 @@ def test_a_budgeted_run_trains_its_budget_unless_early_stopping_is_asked_for(com
     ("budget.clock=sundial", "budget.clock: unknown clock 'sundial'"),
     ("budget.minutes=-1", "budget.minutes must be positive"),
 ])
+@pytest.mark.slow
 def test_bad_settings_name_their_key(cli, tmp_path, override, message):
     budget = [] if override.startswith("budget.minutes") else ["budget.minutes=1"]
     result = cli.run("msslab-train", *TINY, *budget, override, f"hydra.run.dir={tmp_path / 'run'}")

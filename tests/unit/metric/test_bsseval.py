@@ -117,6 +117,7 @@ def real_excerpt():
     return refs, soft_mask_estimates(refs), rate
 
 
+@pytest.mark.slow
 def test_real_musdb_excerpt_all_four_targets(real_excerpt):
     """All four stems: the Gram matrix is numerically singular (detected) and SDR equals museval's
     to 1e-6 dB; ISR/SIR/SAR of both are rounding noise there (next test)."""
@@ -130,6 +131,7 @@ def test_real_musdb_excerpt_all_four_targets(real_excerpt):
     assert_agree(reference, ours, tolerance=np.inf)
 
 
+@pytest.mark.slow
 def test_exact_solver_is_rounding_noise_on_aac_stems_and_stable_solver_is_not(real_excerpt):
     """Oracle soft-mask estimates of the real excerpt: scaling both inputs by 1.1 moves museval's
     (and the exact solver's) SIR by tenths of a dB to dB; the stable solver's by < 0.1 dB."""
@@ -152,6 +154,7 @@ def test_exact_solver_is_rounding_noise_on_aac_stems_and_stable_solver_is_not(re
     assert (stable["SIR"] > stable["SDR"] - 3).all(), stable["SIR"]
 
 
+@pytest.mark.slow
 def test_stable_solver_scores_ten_percent_leakage_at_its_true_sir(real_excerpt):
     """Estimates = each stem plus 10 % of the others: the true SIR is known per window. On the
     excerpt as it is both solvers find it; with every stem made nearly mono (right = left +
@@ -299,6 +302,7 @@ def test_a_source_silent_over_the_whole_track_is_the_same_error():
             bss_eval_v4(r, e, 4000, 4000)
 
 
+@pytest.mark.slow
 def test_identical_channels_exactly_singular_gram_matrix():
     """A stem with identical left and right channels makes the Gram matrix exactly singular.
 

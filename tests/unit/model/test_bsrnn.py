@@ -290,6 +290,7 @@ def test_tiny_bsrnn_loss_falls_on_smoke_data(compose_train, tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_msslab_train_bsrnn_end_to_end(cli, tmp_path):
     run_dir = tmp_path / "run"
     result = cli.run("msslab-train", "experiment=smoke", "model=bsrnn", "loss=bsrnn", *TINY, "logger=none",

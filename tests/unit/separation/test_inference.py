@@ -227,6 +227,7 @@ def test_cuda_separation_equals_cpu():
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_run, cli):
     """The smoke checkpoint was trained with wiener_iterations=0: the command's 1 must change the scores."""
     common = ["msslab-eval", f"ckpt={smoke_run.last_checkpoint}", "experiment=smoke", "logger=none", "metric.n_jobs=1"]
@@ -258,6 +259,7 @@ def test_msslab_eval_applies_and_records_the_commands_separation_settings(smoke_
         assert own[source]["SDR"] == pytest.approx(scores["SDR"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
     """experiment=fullband filters with one Wiener iteration (spectrograms^1.25): its oracle must too (the
     command still wins)."""
@@ -278,6 +280,7 @@ def test_msslab_eval_without_a_checkpoint_separates_as_the_experiment_does(cli):
     assert any(abs(recipe[s]["SDR"] - plain[s]["SDR"]) > 1e-3 for s in recipe)
 
 
+@pytest.mark.slow
 def test_cuda_asked_for_without_one_is_a_one_line_error(smoke_run, cli):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
