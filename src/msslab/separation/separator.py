@@ -99,16 +99,19 @@ class Separator(nn.Module):
             if target_specs is None:
                 raise ValueError("the oracle model needs the true sources: it can only be evaluated, not used to separate")
             return self.model(mixture_spec, target_specs)
+        return self.model(self._model_input(mixture_spec, mixture_magnitude))
+
+    def _model_input(self, mixture_spec: torch.Tensor, mixture_magnitude: torch.Tensor | None = None) -> torch.Tensor:
+        """What the network reads: the complex spectrogram for complex masks, else its magnitude."""
         if self.complex_masks:
-            return self.model(mixture_spec)
-        return self.model(magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude)
+            return mixture_spec
+        return magnitude(mixture_spec) if mixture_magnitude is None else mixture_magnitude
 
     def step(self, mixture_spec: torch.Tensor, state=None):
         """Masked estimates of some frames of a stream: ``(B, C, F, T)`` complex frames and the state the
         previous call returned -> ``((B, S, C, F, T)`` complex estimates, new state). Frame by frame equal to
         one call on the whole sequence (causal models only; no Wiener filter)."""
-        model_input = mixture_spec if self.complex_masks else magnitude(mixture_spec)
-        masks, state = self.model.step(model_input, state)
+        masks, state = self.model.step(self._model_input(mixture_spec), state)
         return masks * mixture_spec.unsqueeze(1), state
 
     def wiener(self, estimate_specs: torch.Tensor, mixture_spec: torch.Tensor, float64: bool | None = None):
