@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import MsslabError
+from . import CONFIG_DIR
+from .errors import MsslabError, UnsafeConfigError
 from .results import FILENAME as RESULTS_FILE
 from .results import ResultsError, atomic_write_text, read_results
 
@@ -250,10 +251,10 @@ def check_stored_overrides(overrides: list[str], source: Path) -> None:
     """Refuse a run directory's stored override that would make Hydra build something outside
     the allow-list (``msslab.trust.run_targets``): the file is data, not the user's command.
     The user may still give such an override on the command line, where it wins."""
+    # Lazy: ``import msslab`` imports this module, and the parser and msslab.trust (torch) are
+    # only needed when a run directory is resumed.
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .errors import UnsafeConfigError
-    from . import CONFIG_DIR
     from .trust import check_config, run_targets
 
     parser = OverridesParser.create()
