@@ -182,11 +182,14 @@ def _note_sigterm() -> None:
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous) or threading.current_thread() is not threading.main_thread():
         return
+    if getattr(previous, "notes_sigterm", False):  # a worker process reused by a sweep: wrapped already
+        return
 
     def handler(signum, frame):
         _SIGTERM["received"] = True
         previous(signum, frame)
 
+    handler.notes_sigterm = True
     signal.signal(signal.SIGTERM, handler)
 
 
