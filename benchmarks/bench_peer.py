@@ -77,15 +77,34 @@ def compose_cfg(overrides: list[str]):
 # ----------------------------------------------------------------------------- msslab
 
 
-def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path) -> dict:
+def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path,
+               snapshots: list[float] = ()) -> dict:
+    from msslab.schedule import snapshot_path
+    from msslab.system import load_checkpoint
     from msslab.training import train
 
     # msslab's own time budget (msslab.schedule.TrainingBudget), which scheduler=anneal decays over
+    marks = f"[{','.join(f'{m:g}' for m in snapshots)}]"
     cfg = compose_cfg([*base, "trainer.max_epochs=100000", "callbacks.early_stopping.patience=100000",
-                       f"budget.minutes={budget_s / 60}", f"budget.clock={clock}", f"paths.output_dir={out}", *extra])
+                       f"budget.minutes={budget_s / 60}", f"budget.clock={clock}", f"budget.snapshots={marks}",
+                       f"paths.output_dir={out}", *extra])
     record = train(cfg)
+    # The learning curve: the model as it was at each mark, scored like the final one (same songs,
+    # metric and separation settings); the weights at the mark, not the best validated ones.
+    curve = {}
+    if snapshots:
+        datamodule = instantiate(cfg.data, augmentation=None)
+        datamodule.setup("test")
+        for minutes in snapshots:
+            state = torch.load(snapshot_path(out / "checkpoints", minutes), map_location="cpu", weights_only=True)
+            system = load_checkpoint(snapshot_path(out / "checkpoints", minutes), map_location="cpu")
+            scores = evaluate_system(system, datamodule, out / f"snapshot_{minutes:g}min", cfg.metric, cfg.separation)
+            curve[f"{minutes:g}"] = {"sources": scores["sources"], "global_step": state["global_step"],
+                                     "epoch": state["epoch"]}
+            print(f"msslab after {minutes:g} min (step {state['global_step']}): "
+                  + ", ".join(f"{t} {v['SDR']:.2f}" for t, v in scores["sources"].items()), flush=True)
     return {"sources": record["sources"], "train_seconds": record["train_seconds"], "epochs": record["epochs"],
-            "nb_parameters": record["nb_parameters"], "overrides": extra}
+            "nb_parameters": record["nb_parameters"], "overrides": extra, "snapshots": curve}
 
 
 # --------------------------------------------------------------------------- Open-Unmix
@@ -246,6 +265,9 @@ def main():
                         help="torch threads (1: no CPU time is spent spinning in thread pools on a busy machine)")
     parser.add_argument("--sides", default=",".join(SIDES), type=lambda text: [t for t in text.split(",") if t],
                         help=f"comma-separated, any of {','.join(SIDES)} (default: all; empty: only --reuse's)")
+    parser.add_argument("--snapshots", default=[], type=lambda text: [float(t) for t in text.split(",") if t],
+                        help="msslab side: also score the model as it was after these minutes of the budget "
+                        "(e.g. 5,10,20: a learning curve against compute; recorded under msslab.snapshots)")
     parser.add_argument("--songs", type=int, default=40, help="rendered training songs (10%% held out for validation)")
     parser.add_argument("--test-songs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of every song")
@@ -311,7 +333,7 @@ def main():
         results["umx"] = run_umx(base, args, budget_s, args.clock, out / "umx")
         save()
     if "msslab" in args.sides:
-        results["msslab"] = run_msslab(base, args.overrides, budget_s, args.clock, out / "msslab")
+        results["msslab"] = run_msslab(base, args.overrides, budget_s, args.clock, out / "msslab", args.snapshots)
         save()
     header = (f"budget {args.budget_minutes:g} min of {'process CPU time' if args.clock == 'cpu' else 'wall-clock time'} "
               f"per side; {len(datamodule.train_tracks)} training + {len(datamodule.valid_tracks)} validation + "

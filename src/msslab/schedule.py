@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -30,13 +31,27 @@ class TrainingBudget(pl.Callback):
     budget the whole work). Time spent in validation counts. The time spent is saved in
     checkpoints, so a resumed run continues the same budget; under DDP rank 0's clock decides
     for every process.
+
+    ``snapshots``: minutes of the budget at which to save the training state as it is then
+    (``<snapshot_dir>/budget-<minutes>min.ckpt``, a full checkpoint, at the first step past
+    each mark): one run gives its model after 5, 10, 20, ... minutes, a learning curve against
+    compute. With a schedule that does not look at the budget (``scheduler=plateau``) the
+    state at a mark is the one a run of that budget would have reached (same seed).
     """
 
-    def __init__(self, minutes: float, clock: str = "wall"):
+    def __init__(self, minutes: float, clock: str = "wall", snapshots=(), snapshot_dir: str | None = None):
         if clock not in CLOCKS:
             raise MsslabError(f"budget.clock: unknown clock {clock!r}; choose one of {sorted(CLOCKS)}")
         if not minutes > 0:
             raise MsslabError(f"budget.minutes must be positive, got {minutes}")
+        snapshots = sorted(float(m) for m in snapshots or ())
+        if any(not 0 < m <= minutes for m in snapshots):
+            raise MsslabError(f"budget.snapshots: every mark must lie in (0, budget.minutes={minutes:g}], got "
+                              f"{[f'{m:g}' for m in snapshots]}")
+        if snapshots and snapshot_dir is None:
+            raise MsslabError("budget.snapshots needs a folder to save them in")
+        self.snapshots, self.snapshot_dir = snapshots, snapshot_dir
+        self._taken: list[float] = []  # marks saved (kept over a resume: a mark is saved once)
         self.seconds, self.clock = 60.0 * minutes, clock
         self._before = 0.0  # spent by the runs this one resumes
         self._start: float | None = None
@@ -59,14 +74,25 @@ class TrainingBudget(pl.Callback):
         # step reads: per-process clocks would give every DDP process another lr and stop step.
         fraction = float(trainer.strategy.broadcast(self.spent() / self.seconds, src=0))
         self._fraction = min(1.0, fraction)
+        for mark in self.snapshots:  # decided on rank 0's clock: saving is collective under DDP
+            if mark not in self._taken and fraction * self.seconds >= 60.0 * mark:
+                self._taken.append(mark)
+                trainer.save_checkpoint(snapshot_path(self.snapshot_dir, mark))
         if fraction >= 1.0:
             trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict:
-        return {"spent": self.spent(), "seconds": self.seconds, "clock": self.clock}
+        return {"spent": self.spent(), "seconds": self.seconds, "clock": self.clock, "snapshots_taken": self._taken}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._before = float(state_dict["spent"]) if state_dict.get("clock") == self.clock else 0.0
+        same_clock = state_dict.get("clock") == self.clock
+        self._before = float(state_dict["spent"]) if same_clock else 0.0
+        self._taken = [float(m) for m in state_dict.get("snapshots_taken", [])] if same_clock else []
+
+
+def snapshot_path(folder, minutes: float):
+    """Where ``TrainingBudget`` saves the state at ``minutes`` of the budget."""
+    return Path(folder) / f"budget-{minutes:g}min.ckpt"
 
 
 def training_progress(trainer: pl.Trainer) -> float:

@@ -69,7 +69,8 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
                      and not budget.get("early_stopping", False))}
     callbacks = [instantiate(c) for c in keep.values()]
     if budget.get("minutes") is not None:
-        callbacks.append(TrainingBudget(budget.minutes, budget.get("clock", "wall")))
+        callbacks.append(TrainingBudget(budget.minutes, budget.get("clock", "wall"), budget.get("snapshots") or (),
+                                        str(Path(cfg.paths.output_dir) / "checkpoints")))
     stop = StopRecord()  # why and when fit stopped; keeps a decided stop over a resume
     callbacks.append(stop)
     if (cfg.get("search") or {}).get("trial") is not None:

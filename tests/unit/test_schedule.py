@@ -118,6 +118,33 @@ def test_budget_stops_the_fit_and_drives_the_decay(compose_train, tmp_path):
     assert results["steps_this_process"] == results["global_step"]
 
 
+def test_budget_snapshots_save_the_state_at_each_mark(compose_train, tmp_path):
+    _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=1000", "budget.minutes=0.05", "budget.clock=cpu",
+                                                "budget.snapshots=[0.01,0.03]"])
+    states = [torch.load(tmp_path / "checkpoints" / f"budget-{m}min.ckpt", weights_only=True) for m in ("0.01", "0.03")]
+    steps = [s["global_step"] for s in states]
+    assert 0 < steps[0] < steps[1] < results["global_step"], (steps, results["global_step"])
+    spent = [next(v for k, v in s["callbacks"].items() if k.startswith("TrainingBudget"))["spent"] for s in states]
+    assert 0.6 <= spent[0] < 1.8 <= spent[1] < 3.0, spent  # saved at the first step past each mark
+    # the weights differ: each snapshot is the state at its time, not the final one
+    first, second = (s["state_dict"] for s in states)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_budget_snapshots_are_saved_once_over_a_resume():
+    budget = TrainingBudget(minutes=1.0, clock="cpu", snapshots=[0.5], snapshot_dir="unused")
+    budget._taken = [0.5]
+    resumed = TrainingBudget(minutes=1.0, clock="cpu", snapshots=[0.5], snapshot_dir="unused")
+    resumed.load_state_dict(budget.state_dict())
+    assert resumed._taken == [0.5]
+
+
+@pytest.mark.parametrize("marks", [[0], [2.0], [-1, 0.5]])
+def test_budget_snapshots_outside_the_budget_are_refused(marks):
+    with pytest.raises(Exception, match=r"budget.snapshots: every mark must lie in \(0, budget.minutes=1\]"):
+        TrainingBudget(minutes=1.0, clock="cpu", snapshots=marks, snapshot_dir="unused")
+
+
 # patience 1 and an unreachable min_delta: early stopping would end the fit after the second epoch
 STOPS_EARLY = ["callbacks.early_stopping.patience=1", "+callbacks.early_stopping.min_delta=1000"]
 
