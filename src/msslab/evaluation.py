@@ -136,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.ckpt:
         system = load_checkpoint(cfg.ckpt, map_location=device)
         trained = OmegaConf.create(system.config)
-        trained_separation = OmegaConf.to_container(trained.separation) if "separation" in trained else None
+        trained_separation = OmegaConf.to_container(trained.separation) if "separation" in trained else {}
         with open_dict(cfg):  # the model decides rate and targets; the command decides the tracks
             cfg.data.sample_rate, cfg.data.targets = trained.data.sample_rate, trained.data.targets
     split = cfg.get("split", "test")

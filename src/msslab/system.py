@@ -199,8 +199,8 @@ def build_system(cfg, targets: list[str], nb_channels: int, residual: bool) -> S
     spectrogram = instantiate(cfg.stft)
     model = instantiate(cfg.model, nb_bins=spectrogram.nb_bins, max_bin=spectrogram.max_bin, nb_channels=nb_channels,
                         nb_targets=len(targets), residual=residual, sample_rate=spectrogram.sample_rate)
-    settings = SeparationSettings.resolve(None, OmegaConf.to_container(cfg.separation)) if cfg.get("separation") \
-        else SeparationSettings()
+    # a config without the block is an old checkpoint's: it separates as it did then
+    settings = SeparationSettings.resolve(None, OmegaConf.to_container(cfg.separation) if cfg.get("separation") else {})
     separator = Separator(model, spectrogram, targets, residual, **settings.wiener)
     return SeparationSystem(
         separator, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),

@@ -25,7 +25,7 @@ def separate(cfg: DictConfig) -> list[Path]:
     inputs = [Path(p) for p in (cfg.input if isinstance(cfg.input, (list, ListConfig)) else [cfg.input])]
     system = load_checkpoint(cfg.ckpt, map_location=resolve_device(cfg.device))
     # The command's separation settings win; the ones it leaves null are the checkpoint's.
-    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), system.config.get("separation"))
+    settings = SeparationSettings.resolve(OmegaConf.to_container(cfg.separation), system.config.get("separation") or {})
     separator = system.separator.replace(**settings.wiener)
     plan = output_paths(inputs, Path(cfg.output), separator.targets)
     existing = [str(p) for files in plan.values() for p in files.values() if p.exists()]

@@ -27,6 +27,9 @@ Reader = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
 # The one place the separation defaults are written is conf/train.yaml's `separation:` block; the
 # dataclass below reads them from there (eval.yaml and separate.yaml only null its keys: "the checkpoint's").
 _DEFAULTS = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["separation"]
+# What a checkpoint written before a key existed (or before the `separation:` block) did; it keeps
+# doing it when the defaults move: plain masks, and powers in the Wiener gains.
+_BEFORE_THE_KEY = {"wiener_iterations": 0, "wiener_exponent": 2.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +68,13 @@ class SeparationSettings:
     @classmethod
     def resolve(cls, command: Mapping | None, checkpoint: Mapping | None = None) -> SeparationSettings:
         """Settings from the command's ``separation`` block; its null keys come from ``checkpoint``'s
-        block (the one the model was trained with), then from the defaults. Unknown keys are errors."""
+        block (the one the model was trained with; ``{}`` for a checkpoint without one), then from the
+        defaults. A key the checkpoint's block lacks (written before the key existed) takes the value
+        it had then (plain masks, Wiener powers), not today's default. Unknown keys are errors."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {}
-        for source in (checkpoint or {}, command or {}):
+        stored = None if checkpoint is None else _BEFORE_THE_KEY | {k: v for k, v in checkpoint.items() if v is not None}
+        for source in (stored or {}, command or {}):
             unknown = sorted(set(source) - known)
             if unknown and source is command:
                 raise MsslabError(f"separation.{unknown[0]}: unknown key; the keys are {sorted(known)}")

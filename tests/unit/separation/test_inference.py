@@ -86,6 +86,34 @@ def test_wiener_exponent_setting_is_checked_and_defaults_to_powers():
             SeparationSettings.resolve({"wiener_exponent": bad})
 
 
+def test_an_old_checkpoint_separates_as_it_did_when_the_defaults_move():
+    today = SeparationSettings()
+    assert (today.wiener_iterations, today.wiener_exponent) == (1, 1.0)  # the main job filters (conf/train.yaml)
+    # a checkpoint without a separation block (written before it existed) masks, as it did then
+    assert SeparationSettings.resolve(None, {}).wiener_iterations == 0
+    assert SeparationSettings.resolve({"wiener_iterations": None}, {}).wiener_iterations == 0
+    # one that stored the block keeps it; the command overrides it; no checkpoint: today's defaults
+    assert SeparationSettings.resolve(None, {"wiener_iterations": 1, "wiener_exponent": 1.0}) == today
+    assert SeparationSettings.resolve({"wiener_iterations": 3}, {}).wiener_iterations == 3
+    assert SeparationSettings.resolve({}, None) == today
+
+
+def test_a_checkpoint_without_a_separation_block_loads_with_plain_masks(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from msslab import CONFIG_DIR
+    from msslab.system import build_system
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", f"paths.output_dir={tmp_path}"])
+    assert build_system(cfg, ["vocals", "accompaniment"], 2, False).separator.wiener_iterations == 1
+    with open_dict(cfg):
+        del cfg["separation"]  # as an old checkpoint's stored config
+    old = build_system(OmegaConf.create(cfg), ["vocals", "accompaniment"], 2, False).separator
+    assert (old.wiener_iterations, old.wiener_exponent) == (0, 2.0)
+
+
 def test_each_setting_has_one_default():
     """conf/train.yaml's `separation` block is where its defaults are written: the dataclass, the
     Separator and the commands (eval.yaml, separate.yaml: null, "the checkpoint's") agree with it;
@@ -149,7 +177,7 @@ def test_chunked_batched_separation_matches_the_whole_track(wiener_iterations):
 def test_short_tracks_are_padded_for_the_stft():
     system = oracle_system()
     targets = random_track(0, extra=100)  # shorter than n_fft
-    estimates = separate(system, targets.sum(0), SeparationSettings(), targets=targets)
+    estimates = separate(system, targets.sum(0), SeparationSettings(wiener_iterations=0), targets=targets)
     assert estimates.shape == targets.shape
     torch.testing.assert_close(estimates.sum(0), targets.sum(0), rtol=1e-4, atol=1e-4)
 
@@ -180,7 +208,9 @@ def test_stream_holds_only_one_batch_of_chunks():
 def test_settings_from_the_command_win_over_the_checkpoint():
     checkpoint = {"chunk_seconds": 10.0, "overlap_seconds": 0.5, "wiener_iterations": 2}  # an older checkpoint
     settings = SeparationSettings.resolve({"wiener_iterations": 0, "batch_size": 4, "chunk_seconds": None}, checkpoint)
-    assert settings == SeparationSettings(chunk_seconds=10.0, overlap_seconds=0.5, batch_size=4, wiener_iterations=0)
+    # its missing exponent is the one it was written with (powers), not today's default
+    assert settings == SeparationSettings(chunk_seconds=10.0, overlap_seconds=0.5, batch_size=4, wiener_iterations=0,
+                                          wiener_exponent=2.0)
     with pytest.raises(MsslabError, match="separation.wiener_iteration"):
         SeparationSettings.resolve({"wiener_iteration": 1})
     with pytest.raises(MsslabError, match="separation.batch_size"):
@@ -292,7 +322,7 @@ def test_cuda_asked_for_without_one_is_a_one_line_error(smoke_run, cli):
 def test_separate_uses_the_separators_wiener_filter_unless_settings_are_given():
     """A Separator owns its Wiener settings (``replace`` gives another filter over the same weights);
     settings passed to ``separate`` are complete and replace them for that call."""
-    separator = oracle_system().separator
+    separator = oracle_system().separator.replace(wiener_iterations=0)
     filtered = separator.replace(wiener_iterations=1)
     assert filtered.model is separator.model and filtered.spectrogram is separator.spectrogram
     assert (separator.wiener_iterations, filtered.wiener_iterations) == (0, 1)
@@ -302,6 +332,6 @@ def test_separate_uses_the_separators_wiener_filter_unless_settings_are_given():
     own = separate(filtered, mixture, targets=targets)
     assert (own - plain).abs().max() > 1e-3
     torch.testing.assert_close(separate(separator, mixture, SeparationSettings(wiener_iterations=1), targets=targets), own)
-    torch.testing.assert_close(separate(filtered, mixture, SeparationSettings(), targets=targets), plain)
+    torch.testing.assert_close(separate(filtered, mixture, SeparationSettings(wiener_iterations=0), targets=targets), plain)
     with pytest.raises(TypeError, match="wiener_iteration"):
         separator.replace(wiener_iteration=1)
