@@ -44,6 +44,9 @@ class MixtureBaseline(nn.Module):
 
     needs_targets = False
     mask_kind = "magnitude"
+    # the floor is the mixture itself: a Wiener filter over equal estimates would hand each
+    # target 1/S of it (the same BSSEval scores, which allow any gain, but not the mixture)
+    post_filter = False
 
     def __init__(self, nb_targets: int, **unused):
         super().__init__()

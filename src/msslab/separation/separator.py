@@ -133,6 +133,6 @@ class Separator(nn.Module):
         # back from bfloat16; a complex mask keeps its imaginary part
         masks = masks.to(mixture_spec.dtype if masks.is_complex() else mixture.dtype)
         estimate_specs = masks * mixture_spec.unsqueeze(1)
-        if self.wiener_iterations > 0:
+        if self.wiener_iterations > 0 and getattr(self.model, "post_filter", True):
             estimate_specs = self.wiener(estimate_specs, mixture_spec)
         return self.spectrogram.inverse(estimate_specs, length=mixture.shape[-1])
