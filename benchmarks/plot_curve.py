@@ -65,6 +65,12 @@ def umx_points(folders: list[str]) -> tuple[float, list[dict[str, float]]]:
     return budgets.pop(), rows
 
 
+def cells(rows: list[dict[str, float]]) -> str:
+    """The table's cells of one mark: the mean over the seeds of every panel, ± their spread when several."""
+    return " | ".join(f"{np.mean([r[p] for r in rows]):.2f}" + (f" ± {np.std([r[p] for r in rows]):.2f}" if len(rows) > 1 else "")
+                      for p in PANELS)
+
+
 def label_folders(text: str) -> tuple[str, list[str]]:
     label, sep, folders = text.partition("=")
     if not sep or not label or not folders:
@@ -91,20 +97,14 @@ def main():
             ax.plot(marks, [np.mean(v) for v in values], "-o", color=colour, label=label, markersize=4)
             for m, v in zip(marks, values):
                 ax.plot([m] * len(v), v, ".", color=colour, alpha=0.5)
-        for m in marks:
-            rows = points[m]
-            cells = [f"{np.mean([r[p] for r in rows]):.2f}" + (f" ± {np.std([r[p] for r in rows]):.2f}" if len(rows) > 1 else "")
-                     for p in PANELS]
-            lines.append(f"| {label} | {m:g} | {len(rows)} | " + " | ".join(cells) + " |")
+        lines += [f"| {label} | {m:g} | {len(points[m])} | {cells(points[m])} |" for m in marks]
     if umx is not None:
         budget, rows = umx
         for ax, panel in zip(axes, PANELS):
             v = [r[panel] for r in rows]
             ax.plot([budget], [np.mean(v)], "s", color="black", label="Open-Unmix (scaled)")
             ax.plot([budget] * len(v), v, ".", color="black", alpha=0.5)
-        cells = [f"{np.mean([r[p] for r in rows]):.2f}" + (f" ± {np.std([r[p] for r in rows]):.2f}" if len(rows) > 1 else "")
-                 for p in PANELS]
-        lines.append(f"| Open-Unmix (scaled) | {budget:g} | {len(rows)} | " + " | ".join(cells) + " |")
+        lines.append(f"| Open-Unmix (scaled) | {budget:g} | {len(rows)} | {cells(rows)} |")
     for ax, panel in zip(axes, PANELS):
         ax.set_title(panel if panel != "mean" else "mean of the four")
         ax.set_xlabel("training CPU-minutes")

@@ -73,8 +73,8 @@ class SeparationSettings:
         it had then (plain masks, Wiener powers), not today's default. Unknown keys are errors."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {}
-        stored = None if checkpoint is None else _BEFORE_THE_KEY | {k: v for k, v in checkpoint.items() if v is not None}
-        for source in (stored or {}, command or {}):
+        stored = {} if checkpoint is None else _BEFORE_THE_KEY | {k: v for k, v in checkpoint.items() if v is not None}
+        for source in (stored, command or {}):
             unknown = sorted(set(source) - known)
             if unknown and source is command:
                 raise MsslabError(f"separation.{unknown[0]}: unknown key; the keys are {sorted(known)}")
