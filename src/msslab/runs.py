@@ -88,9 +88,25 @@ def read_status(run_dir: Path) -> dict | None:
         return None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of the run (``last.ckpt`` at an epoch end, ``step.ckpt`` within one)."""
-    candidates = [p for p in (Path(run_dir) / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")]
+def checkpoint_dirs(cfg: DictConfig) -> list[Path]:
+    """Where the run's checkpoints are written: the ``dirpath`` of each ``ModelCheckpoint`` callback
+    (``callbacks.checkpoint`` first), ``<run dir>/checkpoints`` when none sets one.
+
+    Resume and ``budget.snapshots`` follow a moved ``dirpath``: a resume that looked only in the
+    run directory would start a moved run again from scratch.
+    """
+    folders = []
+    for node in (cfg.get("callbacks") or {}).values():
+        if node is not None and str(node.get("_target_", "")).endswith("ModelCheckpoint") and node.get("dirpath"):
+            folder = Path(str(node.dirpath))
+            if folder not in folders:
+                folders.append(folder)
+    return folders or [Path(cfg.paths.output_dir) / "checkpoints"]
+
+
+def latest_checkpoint(folders: list[Path]) -> Path | None:
+    """The newest checkpoint in ``folders`` (``last.ckpt`` at an epoch end, ``step.ckpt`` within one)."""
+    candidates = [p for folder in folders for p in Path(folder).glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
@@ -163,7 +179,7 @@ def prepare(run_dir: Path, cfg: DictConfig, resume, rerun_failed: bool = False) 
     run_dir = Path(run_dir)
     started = (run_dir / STATE_DIR / "config.yaml").is_file()
     results = read_status(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_checkpoint(checkpoint_dirs(cfg))
     if not (started or results or checkpoint):
         if resume not in (None, "auto"):
             raise MsslabError(f"resume={resume}: no run to resume there (no {STATE_DIR}/config.yaml, "

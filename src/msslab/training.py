@@ -25,7 +25,8 @@ from .errors import MsslabError
 from .evaluation import evaluate_conditions, print_conditions, print_table
 from .logger import build_loggers, log_test_results
 from .results import run_identity, write_results
-from .runs import RunDirBusy, is_finite, latest_checkpoint, locked, prepare, record_resume, resume_history
+from .runs import (RunDirBusy, checkpoint_dirs, is_finite, latest_checkpoint, locked, prepare, record_resume,
+                   resume_history)
 from .schedule import StopRecord, TrainingBudget
 from .search import Pruned
 from .system import build_system, covers_mixture
@@ -70,7 +71,7 @@ def train(cfg: DictConfig, ckpt_path: Path | None = None) -> dict | None:
     callbacks = [instantiate(c) for c in keep.values()]
     if budget.get("minutes") is not None:
         callbacks.append(TrainingBudget(budget.minutes, budget.get("clock", "wall"), budget.get("snapshots") or (),
-                                        str(Path(cfg.paths.output_dir) / "checkpoints")))
+                                        str(checkpoint_dirs(cfg)[0])))
     stop = StopRecord()  # why and when fit stopped; keeps a decided stop over a resume
     callbacks.append(stop)
     if (cfg.get("search") or {}).get("trial") is not None:
@@ -160,7 +161,7 @@ def run(cfg: DictConfig) -> float:
     if resume is None and _multirun():
         resume = "auto"  # a relaunched sweep continues each job's directory
     if rank_zero_only.rank != 0:  # DDP: rank 0 holds the lock and decided; the others follow its checkpoint
-        train(cfg, latest_checkpoint(run_dir) if resume is not None else None)
+        train(cfg, latest_checkpoint(checkpoint_dirs(cfg)) if resume is not None else None)
         return float("nan")
     try:
         with locked(run_dir):
@@ -218,6 +219,14 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                  ckpt["global_step"])
         del ckpt
     start = time.perf_counter()
+
+    def record_killed(exc: BaseException) -> None:
+        # Not final: resume=auto continues the run from its newest checkpoint.
+        if rank_zero_only.rank == 0:
+            write_results(run_dir, status="killed", **run_identity(cfg), error=f"{type(exc).__name__}: {exc}",
+                          stop_reason="killed", stopped_after_seconds=time.perf_counter() - start,
+                          resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+
     try:
         record = train(cfg, plan["checkpoint"])
     except Pruned as exc:
@@ -227,16 +236,13 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
                       error=str(exc), epochs=exc.epoch + 1, last_val=exc.value, val_metric=exc.monitor,
                       resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
         return float("nan")
-    except (KeyboardInterrupt, SystemExit) as exc:
-        # Ctrl-C, or SIGTERM (SLURM): Lightning ends the fit and exits. Not final: resume=auto continues it.
-        if rank_zero_only.rank == 0:
-            write_results(run_dir, status="killed", **run_identity(cfg), error=f"{type(exc).__name__}: {exc}",
-                          stop_reason="killed", stopped_after_seconds=time.perf_counter() - start,
-                          resumes=resume_history(run_dir), train_seconds=time.perf_counter() - start)
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (SLURM): Lightning ends the fit and exits
+        record_killed(exc)
         raise
     except Exception as exc:
-        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: no results; a requeued job resumes
-            log.warning("stopped by SIGTERM (%s: %s): not recorded as failed", type(exc).__name__, exc)
+        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: killed, not failed; a requeued job resumes
+            log.warning("stopped by SIGTERM (%s: %s): recorded as killed, not failed", type(exc).__name__, exc)
+            record_killed(exc)
             raise SystemExit(143) from exc
         _finish_wandb(1)
         log.error("run failed: %s", exc)

@@ -181,10 +181,43 @@ class CtrlC(RecordLR):
             raise KeyboardInterrupt
 
 
-def test_a_killed_run_says_so_and_resumes(compose_train, tmp_path):
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_killed_run_says_so_and_resumes(compose_train, tmp_path, moved):
+    # moved: the checkpoints written outside the run directory; resume and the snapshots follow them
+    folder = tmp_path / "elsewhere" if moved else tmp_path / "checkpoints"
+    overrides = ["trainer.max_epochs=3", "budget.minutes=10", "budget.snapshots=[0.001]",
+                 *([f"callbacks.checkpoint.dirpath={folder}", f"callbacks.step_checkpoint.dirpath={folder}"] if moved else [])]
     with pytest.raises(SystemExit):  # Lightning catches the interrupt and exits
-        _fit(compose_train, tmp_path, ["trainer.max_epochs=3"], recorder=CtrlC())
+        _fit(compose_train, tmp_path, overrides, recorder=CtrlC())
     killed = json.loads((tmp_path / "results.json").read_text())
     assert killed["status"] == "killed" and killed["stop_reason"] == "killed" and killed["stopped_after_seconds"] > 0
-    _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=3", "resume=auto"])  # not final: it continues
+    saved = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert "budget-0.001min.ckpt" in saved and {"last.ckpt", "step.ckpt"} & set(saved), saved
+    assert moved != (tmp_path / "checkpoints").exists()
+    _, results = _fit(compose_train, tmp_path, [*overrides, "resume=auto"])  # not final: it continues
     assert results["status"] == "completed" and results["stop_reason"] == "max_epochs" and len(results["resumes"]) == 1
+    assert results["resumes"][0]["global_step"] >= 1  # from the interrupted run's checkpoint, not from scratch
+
+
+class LostService(RecordLR):
+    """SLURM's SIGTERM arrives (a handler keeps the process alive), then a logging call fails."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 3:
+            import msslab.training
+
+            msslab.training._SIGTERM["received"] = True
+            raise BrokenPipeError("the W&B service process has gone")
+
+
+def test_an_error_after_sigterm_is_recorded_as_killed_not_failed(compose_train, tmp_path, monkeypatch):
+    import msslab.training
+
+    monkeypatch.setitem(msslab.training._SIGTERM, "received", False)
+    with pytest.raises(SystemExit) as exited:
+        _fit(compose_train, tmp_path, ["trainer.max_epochs=3"], recorder=LostService())
+    assert exited.value.code == 143
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["status"] == "killed" and "BrokenPipeError" in record["error"], record
+    _, results = _fit(compose_train, tmp_path, ["trainer.max_epochs=3", "resume=auto"])  # a requeued job resumes
+    assert results["status"] == "completed" and len(results["resumes"]) == 1
