@@ -96,7 +96,9 @@ def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, o
         datamodule = instantiate(cfg.data, augmentation=None)
         datamodule.setup("test")
         for minutes in snapshots:
-            state = torch.load(snapshot_path(out / "checkpoints", minutes), map_location="cpu", weights_only=True)
+            # mmap: only the step and epoch are read here; load_checkpoint reads the weights
+            state = torch.load(snapshot_path(out / "checkpoints", minutes), map_location="cpu", weights_only=True,
+                               mmap=True)
             system = load_checkpoint(snapshot_path(out / "checkpoints", minutes), map_location="cpu")
             scores = evaluate_system(system, datamodule, out / f"snapshot_{minutes:g}min", cfg.metric, cfg.separation)
             curve[f"{minutes:g}"] = {"sources": scores["sources"], "global_step": state["global_step"],
