@@ -77,7 +77,8 @@ class TrainingBudget(pl.Callback):
         for mark in self.snapshots:  # decided on rank 0's clock: saving is collective under DDP
             if mark not in self._taken and fraction * self.seconds >= 60.0 * mark:
                 self._taken.append(mark)
-                trainer.save_checkpoint(snapshot_path(self.snapshot_dir, mark))
+                # the whole training state (optimizer, callbacks), as last.ckpt; said, so Lightning logs nothing
+                trainer.save_checkpoint(snapshot_path(self.snapshot_dir, mark), weights_only=False)
         if fraction >= 1.0:
             trainer.should_stop = self.stopped = True
 
