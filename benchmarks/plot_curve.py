@@ -66,9 +66,10 @@ def umx_points(folders: list[str]) -> tuple[float, list[dict[str, float]]]:
 
 
 def cells(rows: list[dict[str, float]]) -> str:
-    """The table's cells of one mark: the mean over the seeds of every panel, ± their spread when several."""
-    return " | ".join(f"{np.mean([r[p] for r in rows]):.2f}" + (f" ± {np.std([r[p] for r in rows]):.2f}" if len(rows) > 1 else "")
-                      for p in PANELS)
+    """The table's cells of one mark: the mean over the seeds of every panel, ± their sample standard
+    deviation (n - 1) when several."""
+    return " | ".join(f"{np.mean([r[p] for r in rows]):.2f}"
+                      + (f" ± {np.std([r[p] for r in rows], ddof=1):.2f}" if len(rows) > 1 else "") for p in PANELS)
 
 
 def label_folders(text: str) -> tuple[str, list[str]]:

@@ -30,10 +30,11 @@ def test_curve_table_averages_the_seeds_at_each_mark(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--run", f"small={a},{b}", "--umx", f"{a},{b}", "--out", str(out)],
                             capture_output=True, text=True, check=True)
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in result.stdout.splitlines()}
-    # at 5 min: vocals (1 + 2) / 2, bass (3 + 4) / 2, mean over sources 1.5 + 1.5; spread 0.5
-    assert "| 1.50 ± 0.50 | 2.50 ± 0.50 | 3.50 ± 0.50 | 4.50 ± 0.50 | 3.00 ± 0.50 |" in rows[("small", "5")]
-    assert "| 4.00 ± 1.00 |" in rows[("small", "20")]
-    assert "| 3.00 ± 1.00 |" in rows[("Open-Unmix (scaled)", "20")]
+    # at 5 min: vocals (1 + 2) / 2, bass (3 + 4) / 2, mean over sources 1.5 + 1.5; sample sd of two
+    # values d apart: d / sqrt(2)
+    assert "| 1.50 ± 0.71 | 2.50 ± 0.71 | 3.50 ± 0.71 | 4.50 ± 0.71 | 3.00 ± 0.71 |" in rows[("small", "5")]
+    assert "| 4.00 ± 1.41 |" in rows[("small", "20")]
+    assert "| 3.00 ± 1.41 |" in rows[("Open-Unmix (scaled)", "20")]
     assert out.stat().st_size > 10_000
 
 
