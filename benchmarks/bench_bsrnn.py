@@ -36,7 +36,8 @@ CASES = {
     "small": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT], 4, 3.0),
     "small-separate": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT, "model.targets=separate"], 4, 3.0),
     "small-causal": (["model=bsrnn", "loss=bsrnn", *PAPER_STFT, "model.bidirectional=false"], 4, 3.0),
-    "cpu": (["experiment=bsrnn_cpu", "augmentation=[]"], 4, 3.0),  # the CPU recipe
+    "cpu": (["experiment=bsrnn_cpu", "augmentation=[]"], 4, 3.0),  # the CPU recipe (one network per target)
+    "cpu-shared": (["experiment=bsrnn_cpu", "augmentation=[]", "model.targets=shared"], 4, 3.0),  # before 8 Dec 2026
     "fullband": (["experiment=fullband", "augmentation=[]"], 4, 3.0),  # the BLSTM recipe it is compared with
     "blstm": (["model=blstm", *PAPER_STFT], 4, 3.0),
     "umx": (["model=umx", *PAPER_STFT], 4, 3.0),
