@@ -79,6 +79,7 @@ def compose_cfg(overrides: list[str]):
 
 def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, out: Path,
                snapshots: list[float] = ()) -> dict:
+    from msslab.runs import checkpoint_dirs
     from msslab.schedule import snapshot_path
     from msslab.system import load_checkpoint
     from msslab.training import train
@@ -96,10 +97,10 @@ def run_msslab(base: list[str], extra: list[str], budget_s: float, clock: str, o
         datamodule = instantiate(cfg.data, augmentation=None)
         datamodule.setup("test")
         for minutes in snapshots:
+            path = snapshot_path(checkpoint_dirs(cfg)[0], minutes)  # where TrainingBudget saved it
             # mmap: only the step and epoch are read here; load_checkpoint reads the weights
-            state = torch.load(snapshot_path(out / "checkpoints", minutes), map_location="cpu", weights_only=True,
-                               mmap=True)
-            system = load_checkpoint(snapshot_path(out / "checkpoints", minutes), map_location="cpu")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            system = load_checkpoint(path, map_location="cpu")
             scores = evaluate_system(system, datamodule, out / f"snapshot_{minutes:g}min", cfg.metric, cfg.separation)
             curve[f"{minutes:g}"] = {"sources": scores["sources"], "global_step": state["global_step"],
                                      "epoch": state["epoch"]}
