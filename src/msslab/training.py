@@ -240,7 +240,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resume) -> float:
         record_killed(exc)
         raise
     except Exception as exc:
-        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: killed, not failed; a requeued job resumes
+        if _SIGTERM["received"]:  # SLURM is requeueing or cancelling the job: killed, not failed; requeued, it resumes
             log.warning("stopped by SIGTERM (%s: %s): recorded as killed, not failed", type(exc).__name__, exc)
             record_killed(exc)
             raise SystemExit(143) from exc

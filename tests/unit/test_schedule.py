@@ -185,8 +185,8 @@ class CtrlC(RecordLR):
 def test_a_killed_run_says_so_and_resumes(compose_train, tmp_path, moved):
     # moved: the checkpoints written outside the run directory; resume and the snapshots follow them
     folder = tmp_path / "elsewhere" if moved else tmp_path / "checkpoints"
-    overrides = ["trainer.max_epochs=3", "budget.minutes=10", "budget.snapshots=[0.001]",
-                 *([f"callbacks.checkpoint.dirpath={folder}", f"callbacks.step_checkpoint.dirpath={folder}"] if moved else [])]
+    moves = [f"callbacks.checkpoint.dirpath={folder}", f"callbacks.step_checkpoint.dirpath={folder}"] if moved else []
+    overrides = ["trainer.max_epochs=3", "budget.minutes=10", "budget.snapshots=[0.001]", *moves]
     with pytest.raises(SystemExit):  # Lightning catches the interrupt and exits
         _fit(compose_train, tmp_path, overrides, recorder=CtrlC())
     killed = json.loads((tmp_path / "results.json").read_text())

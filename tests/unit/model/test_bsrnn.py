@@ -21,7 +21,8 @@ from msslab.system import SeparationSystem, build_system
 CONF_DIR = CONFIG_DIR
 SOURCES = ["vocals", "drums", "bass", "other"]
 # plain masks (the main job's default filters): these tests check what the masks give
-TINY = ["model.hidden_size=8", "model.nb_layers=1", "model.rnn_size=8", "model.mask_hidden=8", "separation.wiener_iterations=0"]
+TINY = ["model.hidden_size=8", "model.nb_layers=1", "model.rnn_size=8", "model.mask_hidden=8",
+        "separation.wiener_iterations=0"]
 
 
 def presets() -> dict:

@@ -31,7 +31,8 @@ def configs(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # plain masks (the main job's default filters): the tests check what the masks give
-        return {name: compose("train", overrides=[f"model={name}", f"paths.output_dir={out}", "separation.wiener_iterations=0"])
+        return {name: compose("train", overrides=[f"model={name}", f"paths.output_dir={out}",
+                                                  "separation.wiener_iterations=0"])
                 for name in VARIANTS}
 
 
